@@ -1,0 +1,25 @@
+# Two commands do all the set-up: `make demo` and `make test` (both create and fill .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo-run
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) cli.py demo --out $(DEMO_DIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -ra
+
+bench: $(VENV)/.installed
+	$(PY) cli.py bench shard
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,226 @@
+"""Command line: ImageNet -> WebDataset shards -> DALI -> AlexNet.
+
+The only place that parses arguments. Each command builds its config and calls one library function;
+heavy imports (torch, DALI) happen inside the command so `--help` and `shard` stay fast.
+A user mistake raises `shards.UserError` and ends here as one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from shards.errors import UserError
+
+DEFAULT_SHARDS = "./imagenet-wds"
+
+
+def user_errors(fn):
+    """Turn a UserError (or Ctrl-C) into one clear line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished shards/checkpoints are kept; rerun the same command to continue", err=True)
+            sys.exit(130)
+        except OSError as e:
+            if e.errno == 28:  # ENOSPC
+                click.echo(f"error: disk full ({e.filename or 'output'}): free space and rerun; "
+                           "finished work is kept and half-written files were removed", err=True)
+                sys.exit(2)
+            raise
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main():
+    """ImageNet -> 256x256 WebDataset shards -> DALI pipeline -> AlexNet (Krizhevsky et al. 2012)."""
+
+
+# ----------------------------------------------------------------------------------------------- shards
+@main.command()
+@click.option("--src", required=True, help="ImageNet folder (train/ and/or val/) or an ILSVRC2012 *.tar archive.")
+@click.option("--out", default=DEFAULT_SHARDS, show_default=True, help="Shard directory to write.")
+@click.option("--split", type=click.Choice(["train", "val"]), default=None, help="Only this split (archives: which one).")
+@click.option("--val-labels", type=click.Path(), default=None,
+              help="Labels for a flat val folder/tar: LOC_val_solution.csv or 'filename wnid' lines.")
+@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--size", type=int, default=256, show_default=True, help="Output side (shorter side resize + centre crop).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training shuffle.")
+@click.option("--overwrite", is_flag=True, help="Redo a split written with different parameters.")
+@user_errors
+def shard(src, out, split, val_labels, workers, shard_size, quality, size, seed, overwrite):
+    """Convert raw ImageNet into 256x256 WebDataset shards with manifest, index files and statistics."""
+    from shards.convert import ShardConfig, convert
+
+    cfg = ShardConfig(src=src, out=out, split=split, val_labels=val_labels, workers=workers or os.cpu_count(),
+                      shard_size=shard_size, quality=quality, size=size, seed=seed, overwrite=overwrite)
+    convert(cfg)
+
+
+@main.command()
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--recompute", is_flag=True, help="Decode the training shards again and recompute from pixels.")
+@click.option("--workers", type=int, default=None, help="Processes for --recompute (default: all cores).")
+@user_errors
+def stats(shards_dir, recompute, workers):
+    """Print (and write) stats.json: per-channel mean/std and the RGB PCA of the training split."""
+    from shards.stats import stats_command
+
+    stats_command(shards_dir, recompute=recompute, workers=workers or os.cpu_count())
+
+
+@main.command()
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@user_errors
+def verify(shards_dir):
+    """Check every shard against the manifest (size, sha256, sample count, index); exit 1 if any is bad."""
+    from shards.verify import verify_command
+
+    if not verify_command(shards_dir):
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------------- training
+@main.command()
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--out", "run_dir", default="./runs/alexnet", show_default=True, help="Run directory.")
+@click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU). Default: all GPUs, else CPU.")
+@click.option("--procs", type=int, default=None, help="N CPU processes over gloo (tests the distributed path).")
+@click.option("--epochs", type=int, default=90, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (paper: 128).")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt exactly where it stopped.")
+@click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
+@click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
+@click.option("--mean", "mean_mode", type=click.Choice(["channel", "image"]), default="channel", show_default=True)
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True)
+@user_errors
+def train(shards_dir, run_dir, gpus, procs, epochs, batch_size, lr, max_steps, resume, arch, schedule, mean_mode,
+          compile_model, seed, checkpoint_minutes):
+    """Train AlexNet on the shards (single process, --gpus N, --procs N or under torchrun)."""
+    from trainer.train import TrainConfig, launch
+
+    cfg = TrainConfig(shards=shards_dir, out=run_dir, gpus=gpus, procs=procs, epochs=epochs, batch_size=batch_size,
+                      lr=lr, max_steps=max_steps, resume=resume, arch=arch, schedule=schedule, mean=mean_mode,
+                      compile=compile_model, seed=seed, checkpoint_minutes=checkpoint_minutes)
+    launch(cfg)
+
+
+@main.command(name="eval")
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--checkpoint", required=True, type=click.Path())
+@click.option("--ten-crop", is_flag=True, help="Average the softmax of 10 views (paper Sec. 4.1).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU).")
+@click.option("--json", "as_json", is_flag=True, help="Also print the result as JSON.")
+@user_errors
+def evaluate(shards_dir, checkpoint, ten_crop, batch_size, gpus, as_json):
+    """Top-1/top-5 error of a checkpoint on the validation split."""
+    from trainer.evaluate import EvalConfig, evaluate_command
+
+    evaluate_command(EvalConfig(shards=shards_dir, checkpoint=checkpoint, ten_crop=ten_crop, batch_size=batch_size,
+                                gpus=gpus, as_json=as_json))
+
+
+# ----------------------------------------------------------------------------------------------- looking
+@main.command()
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--out", default="preview.png", show_default=True)
+@click.option("--n", "count", type=int, default=32, show_default=True, help="Number of crops in the grid.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def preview(shards_dir, out, count, seed):
+    """Write a grid of augmented training crops with their labels (what the network sees)."""
+    from pipelines.preview import write_preview
+
+    path = write_preview(shards_dir, out, count=count, seed=seed)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path())
+@click.option("--out", default=None, help="PNG to write (default: RUN/curves.png).")
+@user_errors
+def plot(run_dir, out):
+    """Plot loss, top-1/top-5 error and images/s from a run's JSONL log."""
+    from trainer.plot import plot_run
+
+    click.echo(f"wrote {plot_run(run_dir, out)}")
+
+
+@main.command()
+@click.option("--out", default="demo-run", show_default=True, help="Folder for everything the demo makes.")
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: fits in a few minutes).")
+@user_errors
+def demo(out, epochs):
+    """End to end on the embedded sample: build it, shard, stats, train, eval, preview, plot."""
+    from trainer.demo import run_demo
+
+    run_demo(out, epochs=epochs)
+
+
+# ----------------------------------------------------------------------------------------------- benchmarks
+@main.group()
+def bench():
+    """Throughput benchmarks, each against a baseline measured in the same run."""
+
+
+@bench.command(name="shard")
+@click.option("--src", default=None, help="Image folder (default: build the embedded sample).")
+@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--limit", type=int, default=400, show_default=True, help="Images to convert.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the result as JSON.")
+@user_errors
+def bench_shard(src, workers, limit, json_out):
+    """Images/s of `shard` against a plain one-process PIL loop over the same images."""
+    from shards.bench import bench_shard as run
+
+    run(src, workers=workers or os.cpu_count(), limit=limit, json_out=json_out)
+
+
+@bench.command(name="loader")
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=None, help="Threads/processes (default: all cores).")
+@click.option("--batches", type=int, default=50, show_default=True)
+@click.option("--json", "json_out", type=click.Path(), default=None)
+@user_errors
+def bench_loader(shards_dir, device, batch_size, workers, batches, json_out):
+    """Images/s of the DALI loader against webdataset + DataLoader with the reference augmentations."""
+    from pipelines.bench import bench_loader as run
+
+    run(shards_dir, device=device, batch_size=batch_size, workers=workers or os.cpu_count(), batches=batches,
+        json_out=json_out)
+
+
+@bench.command(name="train")
+@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--json", "json_out", type=click.Path(), default=None)
+@user_errors
+def bench_train(shards_dir, device, batch_size, steps, json_out):
+    """Training images/s: model alone on synthetic input vs end to end from the shards."""
+    from trainer.bench import bench_train as run
+
+    run(shards_dir, device=device, batch_size=batch_size, steps=steps, json_out=json_out)
+
+
+if __name__ == "__main__":
+    main()

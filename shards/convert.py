@@ -1,0 +1,282 @@
+"""`cli.py shard`: find inputs -> plan shards -> write them in parallel -> manifest -> statistics.
+
+Resumable: every finished shard leaves a record in OUT/.work/<split>/; a rerun keeps the shards whose
+record, file size and plan still match and redoes the rest. Same inputs + seed -> byte-identical shards.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from . import format as fmt
+from .errors import UserError
+from .sources import Item, find_splits
+from .stats import PixelSums, format_table, recompute_stats, write_stats
+from .transform import FILTERS, RESIZE_FILTER
+from .writer import ShardTask, build_shard, finished_record, partial_image_path, write_atomically
+
+
+@dataclass
+class ShardConfig:
+    src: str
+    out: str = "./imagenet-wds"
+    split: str | None = None        # None: every split SRC holds
+    val_labels: str | None = None
+    workers: int = os.cpu_count() or 1
+    shard_size: int = 1000          # 1,281,167 training images -> 1282 shards
+    quality: int = 90               # JPEG quality of the 256x256 images
+    size: int = 256                 # Sec. 2: "down-sampled the images to a fixed resolution of 256 x 256"
+    seed: int = 0                   # training shuffle
+    resize_filter: str = RESIZE_FILTER
+    overwrite: bool = False
+    progress: bool = True
+
+    def params(self) -> dict:
+        return {"size": self.size, "quality": self.quality, "resize_filter": self.resize_filter,
+                "seed": self.seed, "shard_size": self.shard_size}
+
+
+def convert(cfg: ShardConfig) -> dict:
+    """Run the whole offline stage; returns the manifest."""
+    _check_config(cfg)
+    print(f"shard: {json.dumps(asdict(cfg))}")
+    found = find_splits(cfg.src, cfg.split, cfg.val_labels)
+    _prepare_out(cfg.out)
+    manifest = _start_manifest(cfg, found)
+    for split, items in found.items():
+        labels = _labels(items, manifest["classes"], split)
+        records = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
+        manifest["splits"][split] = _split_entry(records)
+        write_atomically(os.path.join(cfg.out, fmt.MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    if "train" in found:
+        _finish_stats(cfg, manifest["splits"]["train"]["shards"])
+    write_atomically(os.path.join(cfg.out, fmt.TIMM_INFO), json.dumps(timm_info(manifest), indent=1) + "\n")
+    _report(cfg, manifest, found)
+    return manifest
+
+
+def _check_config(cfg: ShardConfig) -> None:
+    if cfg.shard_size < 1:
+        raise UserError("--shard-size must be at least 1")
+    if cfg.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if cfg.size < 8:
+        raise UserError("--size must be at least 8 (AlexNet crops 227 out of 256)")
+    if cfg.resize_filter not in FILTERS:
+        raise UserError(f"unknown resize filter {cfg.resize_filter}; choose from {', '.join(FILTERS)}")
+
+
+def _prepare_out(out: str) -> None:
+    try:
+        os.makedirs(os.path.join(out, ".work"), exist_ok=True)
+        probe = os.path.join(out, ".work", f".probe-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out}: {e.strerror}") from None
+
+
+def _start_manifest(cfg: ShardConfig, found: dict[str, list[Item]]) -> dict:
+    """Load the existing manifest (a second run adds a split), check parameters and the class list."""
+    params_path = os.path.join(cfg.out, ".work", "params.json")
+    old = None
+    for path in (os.path.join(cfg.out, fmt.MANIFEST), params_path):
+        if os.path.isfile(path):
+            with open(path) as f:
+                old = json.load(f)
+            break
+    params = cfg.params()
+    if old is not None and (old.get("params") != params or old.get("format_version") != fmt.FORMAT_VERSION):
+        if not cfg.overwrite:
+            raise UserError(f"{cfg.out} was written with {old.get('params')} (format "
+                            f"{old.get('format_version')}), not {params}: pass --overwrite to redo it, "
+                            "or choose another --out")
+        old = None
+    if cfg.overwrite:
+        _remove_splits(cfg.out, found if old is not None else fmt.SPLITS)
+    manifest = {"format_version": fmt.FORMAT_VERSION, "tool_version": fmt.TOOL_VERSION, "params": params,
+                "classes": [], "splits": {}}
+    if old is not None and "splits" in old:
+        manifest["classes"] = old["classes"]
+        manifest["splits"] = {s: v for s, v in old["splits"].items() if s not in found}
+    write_atomically(params_path, json.dumps(manifest))
+    manifest["classes"] = _classes(manifest, found)
+    return manifest
+
+
+def _remove_splits(out: str, splits) -> None:
+    for split in splits:
+        shutil.rmtree(os.path.join(out, split), ignore_errors=True)
+        shutil.rmtree(os.path.join(out, ".work", split), ignore_errors=True)
+    for name in (fmt.MANIFEST, fmt.STATS, fmt.MEAN_IMAGE, fmt.TIMM_INFO):
+        if os.path.exists(os.path.join(out, name)) and ("train" in splits or name == fmt.MANIFEST):
+            os.remove(os.path.join(out, name))
+
+
+def _classes(manifest: dict, found: dict[str, list[Item]]) -> list[str]:
+    """Class index = position of the wnid in the sorted training wnids (the ImageNet convention)."""
+    old = manifest["classes"]
+    if "train" in found:
+        classes = sorted({it.wnid for it in found["train"]})
+        if old and old != classes and manifest["splits"]:
+            raise UserError(f"the existing {', '.join(manifest['splits'])} split was labelled with a different "
+                            f"class list ({len(old)} classes) than these training folders ({len(classes)}): "
+                            "shard all splits again with --overwrite")
+        return classes
+    if old:
+        return old
+    classes = sorted({it.wnid for items in found.values() for it in items})
+    print(f"note: no training split yet; class list ({len(classes)} wnids) taken from the validation labels")
+    return classes
+
+
+def _labels(items: list[Item], classes: list[str], split: str) -> dict[str, int]:
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    unknown = sorted({it.wnid for it in items if it.wnid not in index})
+    if unknown:
+        raise UserError(f"{len(unknown)} {split} wnids are not training classes (first: {unknown[0]}): "
+                        "is the labels file for this dataset?")
+    return {it.source: index[it.wnid] for it in items}
+
+
+def _order(items: list[Item], split: str, seed: int) -> list[Item]:
+    """Unique dot-free keys; training in a seeded random order so every shard mixes classes."""
+    seen: dict[str, int] = {}
+    unique = []
+    for it in sorted(items, key=lambda it: it.source):
+        key = it.key[:80]
+        if key in seen:  # same stem in two class folders: keep both, never drop one silently
+            seen[key] += 1
+            key = f"{key}_dup{seen[key]}"
+        seen.setdefault(key, 0)
+        unique.append(Item(key, it.wnid, it.source, it.path, it.offset, it.size))
+    if split == "train":
+        random.Random(seed).shuffle(unique)
+    return unique
+
+
+def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[ShardTask]:
+    folder, work = os.path.join(cfg.out, split), os.path.join(cfg.out, ".work", split)
+    os.makedirs(folder, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    for stale in glob.glob(os.path.join(folder, "*.tmp-*")) + glob.glob(os.path.join(work, "*.tmp-*")):
+        os.remove(stale)  # left by a crashed or interrupted run
+    chunks = [items[i: i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    return [ShardTask(split, n, tuple(chunk), tuple(labels[it.source] for it in chunk), folder, work, cfg.size,
+                      cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
+
+
+_progress = None
+
+
+def _init_worker(counter) -> None:
+    global _progress
+    _progress = counter
+
+
+def _run_task(task: ShardTask) -> dict:
+    return build_shard(task, _progress)
+
+
+def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[dict]:
+    tasks = _tasks(cfg, split, items, labels)
+    records = {t.index: finished_record(t) for t in tasks}
+    todo = [t for t in tasks if records[t.index] is None]
+    _remove_unplanned(tasks)
+    kept = len(tasks) - len(todo)
+    if kept:
+        print(f"{split}: {kept} of {len(tasks)} shards already finished, {len(todo)} to write")
+    if todo:
+        for index, record in _run_parallel(cfg, split, todo):
+            records[index] = record
+    return [records[t.index] for t in tasks]
+
+
+def _remove_unplanned(tasks: list[ShardTask]) -> None:
+    """Shards of an earlier, larger plan (e.g. files were removed from SRC) must not linger as extras."""
+    planned = {t.name for t in tasks}
+    folder = tasks[0].folder
+    for path in glob.glob(os.path.join(folder, f"{tasks[0].split}-*.tar")):
+        if os.path.basename(path) not in planned:
+            os.remove(path)
+            if os.path.exists(fmt.index_name(path)):
+                os.remove(fmt.index_name(path))
+
+
+def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]):
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("q", 0)
+    total = sum(len(t.items) for t in todo)
+    workers = max(1, min(cfg.workers, len(todo)))
+    bar = tqdm(total=total, desc=f"{split} images", unit="img", disable=not cfg.progress, smoothing=0.05)
+    results: dict[int, dict] = {}
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+        pending = pool.map_async(_run_task, todo, chunksize=1)
+        while not pending.ready():
+            pending.wait(0.25)
+            bar.update(counter.value - bar.n)
+        records = pending.get()  # re-raises a worker's exception (e.g. disk full) here
+    bar.update(counter.value - bar.n)
+    bar.close()
+    for task, record in zip(todo, records):
+        results[task.index] = record
+    return sorted(results.items())
+
+
+def _split_entry(records: list[dict]) -> dict:
+    shards = [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records]
+    skipped = [s for r in records for s in r["skipped"]]
+    return {"count": sum(r["count"] for r in records), "shards": shards, "skipped": skipped}
+
+
+def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
+    """Merge the per-shard partial sums (exact) into stats.json and mean_image.npy."""
+    work = os.path.join(cfg.out, ".work", "train")
+    partials = [partial_image_path(work, s["name"]) for s in shards]
+    if not all(os.path.isfile(p) for p in partials):
+        if os.path.isfile(os.path.join(cfg.out, fmt.STATS)) and os.path.isfile(os.path.join(cfg.out, fmt.MEAN_IMAGE)):
+            return  # every shard was finished by an earlier run that already wrote the statistics
+        recompute_stats(cfg.out, cfg.workers)
+        return
+    total = PixelSums.zero(cfg.size, mean_image=True)
+    for shard, partial in zip(shards, partials):
+        with open(os.path.join(work, shard["name"] + ".json")) as f:
+            total = total.merge(PixelSums.from_json(json.load(f)["sums"], np.load(partial)))
+    write_stats(cfg.out, total)
+    for partial in partials:  # 768 KiB each: not worth keeping once merged
+        os.remove(partial)
+
+
+def timm_info(manifest: dict) -> dict:
+    """`_info.json` as timm's `wds/` reader expects: split sizes, shard names and lengths."""
+    splits = {}
+    for split, entry in manifest["splits"].items():
+        names = [s["name"] for s in entry["shards"]]
+        splits[split] = {"name": split, "num_samples": entry["count"], "filenames": [f"{split}/{n}" for n in names],
+                         "shard_lengths": [s["count"] for s in entry["shards"]]}
+    return {"name": "imagenet-wds", "num_classes": len(manifest["classes"]), "splits": splits}
+
+
+def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:
+    for split in found:
+        entry = manifest["splits"][split]
+        print(f"{split}: {entry['count']:,} images in {len(entry['shards'])} shards -> {os.path.join(cfg.out, split)}")
+        if entry["skipped"]:
+            print(f"{split}: skipped {len(entry['skipped'])} unreadable inputs (listed in {fmt.MANIFEST}):")
+            for s in entry["skipped"][:10]:
+                print(f"  {s['path']}: {s['reason']}")
+            if len(entry["skipped"]) > 10:
+                print(f"  ... and {len(entry['skipped']) - 10} more")
+    if "train" in found:
+        with open(os.path.join(cfg.out, fmt.STATS)) as f:
+            print(format_table(json.load(f)))
+    print(f"manifest: {os.path.join(cfg.out, fmt.MANIFEST)}")

@@ -1,0 +1,158 @@
+"""Training-set statistics: per-channel mean/std, RGB covariance and its PCA (AlexNet lighting), mean image.
+
+Partial sums are exact integers (float64 BLAS on uint8 pixels is exact below 2**53), so merging the sums of
+many shards in any order gives bit-identical results. Sec. 4.1 of Krizhevsky et al. 2012: PCA "on the set
+of RGB pixel values throughout the ImageNet training set".
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import format as fmt
+from .errors import UserError
+
+
+@dataclass
+class PixelSums:
+    """Sufficient statistics of a set of RGB images: counts, sum and sum of outer products of pixels."""
+
+    images: int = 0
+    pixels: int = 0
+    total: list = field(default_factory=lambda: [0, 0, 0])                    # sum of R, G, B (ints)
+    outer: list = field(default_factory=lambda: [[0] * 3 for _ in range(3)])  # sum of x x^T (ints)
+    image_sum: np.ndarray | None = None                                       # per-pixel sum, uint64 HWC
+
+    @classmethod
+    def zero(cls, size: int, mean_image: bool) -> "PixelSums":
+        return cls(image_sum=np.zeros((size, size, 3), np.uint64) if mean_image else None)
+
+    def add(self, rgb: np.ndarray) -> None:
+        x = rgb.reshape(-1, 3).astype(np.float64)
+        total, outer = x.sum(axis=0), x.T @ x  # exact: < 2**53 for any image under 138 Mpx
+        self.images += 1
+        self.pixels += x.shape[0]
+        self.total = [a + int(b) for a, b in zip(self.total, total)]
+        self.outer = [[a + int(b) for a, b in zip(ra, rb)] for ra, rb in zip(self.outer, outer)]
+        if self.image_sum is not None:
+            self.image_sum += rgb
+
+    def merge(self, other: "PixelSums") -> "PixelSums":
+        image_sum = None
+        if self.image_sum is not None and other.image_sum is not None:
+            image_sum = self.image_sum + other.image_sum
+        return PixelSums(self.images + other.images, self.pixels + other.pixels,
+                         [a + b for a, b in zip(self.total, other.total)],
+                         [[a + b for a, b in zip(ra, rb)] for ra, rb in zip(self.outer, other.outer)], image_sum)
+
+    def to_json(self) -> dict:
+        return {"images": self.images, "pixels": self.pixels, "sum": self.total, "outer": self.outer}
+
+    @classmethod
+    def from_json(cls, d: dict, image_sum: np.ndarray | None = None) -> "PixelSums":
+        return cls(d["images"], d["pixels"], list(d["sum"]), [list(r) for r in d["outer"]], image_sum)
+
+
+def finalize(sums: PixelSums) -> dict:
+    """stats.json content: mean/std on the 0-255 scale, cov of [0,1]-scaled RGB, eigval (desc) and eigvec."""
+    if sums.pixels == 0:
+        raise UserError("no training pixels: statistics need a non-empty training split")
+    n = sums.pixels
+    mean = np.array(sums.total, np.float64) / n
+    second = np.array(sums.outer, np.float64) / n
+    cov255 = second - np.outer(mean, mean)
+    cov = cov255 / 255.0**2
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    eigvec = eigvec * np.where(eigvec.sum(axis=0) < 0, -1.0, 1.0)  # deterministic sign: components sum >= 0
+    return {
+        "count": sums.images, "pixels": n,
+        "mean": mean.tolist(), "std": np.sqrt(np.diag(cov255)).tolist(),
+        "cov": cov.tolist(), "eigval": eigval.tolist(), "eigvec": eigvec.tolist(),
+    }
+
+
+def mean_image(sums: PixelSums) -> np.ndarray:
+    """The paper's mean image (Sec. 2: "subtracting the mean activity over the training set from each pixel")."""
+    return (sums.image_sum.astype(np.float64) / max(sums.images, 1)).astype(np.float32)
+
+
+def write_stats(root: str, sums: PixelSums) -> dict:
+    from .writer import write_atomically
+
+    stats = finalize(sums)
+    write_atomically(os.path.join(root, fmt.STATS), json.dumps(stats, indent=2) + "\n")
+    if sums.image_sum is not None:
+        buf = io.BytesIO()
+        np.save(buf, mean_image(sums))
+        write_atomically(os.path.join(root, fmt.MEAN_IMAGE), buf.getvalue())
+    return stats
+
+
+def shard_pixel_sums(args: tuple[str, int]) -> PixelSums:
+    """Decode every image of one shard and sum its pixels (for `stats --recompute`)."""
+    from PIL import Image
+
+    path, size = args
+    sums = PixelSums.zero(size, mean_image=True)
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.name.endswith("." + fmt.IMAGE_EXT):
+                with Image.open(tar.extractfile(member)) as im:
+                    sums.add(np.asarray(im.convert("RGB")))
+    return sums
+
+
+def recompute_stats(root: str, workers: int) -> dict:
+    """Statistics from the decoded training shards, in parallel over shards."""
+    import multiprocessing as mp
+
+    from .api import ShardSet
+
+    shard_set = ShardSet(root)
+    size = shard_set.manifest["params"]["size"]
+    total = PixelSums.zero(size, mean_image=True)
+    tasks = [(url, size) for url in shard_set.urls("train")]
+    with mp.get_context("fork").Pool(max(1, min(workers, len(tasks)))) as pool:
+        for part in pool.imap(shard_pixel_sums, tasks):
+            total = total.merge(part)
+    return write_stats(root, total)
+
+
+def format_table(stats: dict) -> str:
+    rows = [f"training images: {stats['count']:,}   pixels: {stats['pixels']:,}",
+            f"{'':10}{'R':>10}{'G':>10}{'B':>10}   (0-255 scale)",
+            f"{'mean':10}" + "".join(f"{v:10.3f}" for v in stats["mean"]),
+            f"{'std':10}" + "".join(f"{v:10.3f}" for v in stats["std"]),
+            "PCA of RGB ([0,1] scale), AlexNet lighting: eigvec @ (alpha * eigval), alpha ~ N(0, 0.1^2)",
+            f"{'':10}{'eigval':>10}   eigvec (R, G, B)"]
+    vecs = np.array(stats["eigvec"])
+    for i, val in enumerate(stats["eigval"]):
+        rows.append(f"{'pc' + str(i + 1):10}{val:10.5f}   " + " ".join(f"{v:+.4f}" for v in vecs[:, i]))
+    return "\n".join(rows)
+
+
+def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
+    """`cli.py stats`: print stats.json as a table (recomputing it from the shards when asked or missing)."""
+    from .api import ShardSet
+
+    shard_set = ShardSet(root)  # clear error when the directory is not a finished shard directory
+    if "train" not in shard_set.splits:
+        raise UserError(f"{root} has no training split: statistics are computed over training images "
+                        f"(cli.py shard --src IMAGENET --out {root} --split train)")
+    path = os.path.join(root, fmt.STATS)
+    if recompute or not os.path.isfile(path):
+        print(f"computing statistics from the decoded training shards of {root} ...")
+        stats = recompute_stats(root, workers)
+    else:
+        with open(path) as f:
+            stats = json.load(f)
+    print(format_table(stats))
+    print(f"written to {path}")
+    return stats

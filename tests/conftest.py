@@ -1,0 +1,37 @@
+"""Shared fixtures: small ImageNet-shaped trees from real photographs, and shards made from them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shards.convert import ShardConfig, convert
+from shards.sample import make_sample_tree
+
+SAMPLE = dict(num_classes=8, train_per_class=24, val_per_class=6, seed=0)
+SAMPLE_SHARD_SIZE = 40  # 192 train -> 5 shards (40 x 4 + 32); 48 val -> 2 shards (40 + 8): uneven on purpose
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_tree(tmp_path_factory) -> str:
+    """ImageFolder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (8 classes, 24 + 6 images each)."""
+    return make_sample_tree(str(tmp_path_factory.mktemp("imagenet")), **SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def sample_shards(sample_tree, tmp_path_factory) -> str:
+    """A finished shard directory of `sample_tree` (read-only for tests: copy it before changing it)."""
+    out = os.path.join(str(tmp_path_factory.mktemp("wds")), "imagenet-wds")
+    convert(ShardConfig(src=sample_tree, out=out, shard_size=SAMPLE_SHARD_SIZE, workers=2, progress=False))
+    return out
