@@ -1,0 +1,87 @@
+"""Crafted hard inputs, each as the bytes ImageNet (or a user's folder) could hand us, made from a real photo."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from shards.sample import load_photos
+
+
+def photo(size=(320, 240)) -> Image.Image:
+    _, im = load_photos(1)[0]  # chelsea the cat
+    return im.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(photo().convert("CMYK"), "JPEG", quality=95)
+
+
+def png_named_jpeg() -> bytes:
+    return encode(photo(), "PNG")
+
+
+def grayscale_jpeg() -> bytes:
+    return encode(photo().convert("L"), "JPEG", quality=95)
+
+
+def palette_with_transparency() -> bytes:
+    im = photo().convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    return encode(im, "PNG", transparency=0)
+
+
+def rgba_png() -> bytes:
+    im = photo().convert("RGBA")
+    alpha = np.full((im.height, im.width), 255, np.uint8)
+    alpha[:, : im.width // 4] = 0  # left quarter fully transparent
+    im.putalpha(Image.fromarray(alpha))
+    return encode(im, "PNG")
+
+
+def gray16_png() -> bytes:
+    gray = np.asarray(photo().convert("L"), np.uint16) * 257  # full 16-bit range
+    return encode(Image.fromarray(gray), "PNG")  # uint16 -> mode I;16
+
+
+def tiny_jpeg() -> bytes:
+    return encode(photo((24, 18)), "JPEG", quality=95)
+
+
+def huge_jpeg() -> bytes:
+    return encode(photo((2600, 1800)), "JPEG", quality=90)
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(photo(), "JPEG", quality=95)
+    return data[: len(data) // 2]
+
+
+def not_an_image() -> bytes:
+    return b"this is a text file that somebody named .JPEG\n" * 10
+
+
+def decompression_bomb() -> bytes:
+    """A valid PNG header declaring 20000 x 20000 pixels (400 Mpx, over PIL's bomb limit) and a tiny body."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+READABLE = {  # name -> maker: every one must become a 256x256 RGB sample
+    "cmyk": cmyk_jpeg, "png_as_jpeg": png_named_jpeg, "gray": grayscale_jpeg, "palette": palette_with_transparency,
+    "rgba": rgba_png, "gray16": gray16_png, "tiny": tiny_jpeg, "huge": huge_jpeg,
+}
+UNREADABLE = {  # name -> (maker, words the skip reason contains)
+    "truncated": (truncated_jpeg, "truncated"), "empty": (lambda: b"", "empty"),
+    "text": (not_an_image, "unreadable"), "bomb": (decompression_bomb, "decompression bomb"),
+}

@@ -1,0 +1,67 @@
+"""The command line: user mistakes give one clear line and a non-zero exit, never a traceback."""
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+def assert_one_line_error(result, words, code=2):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and words in errors[0], result.output
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    for name in ("shard", "stats", "verify", "train", "eval", "preview", "plot", "bench", "demo"):
+        assert name in result.output
+
+
+def test_shard_without_src_is_a_usage_error():
+    result = invoke("shard")
+    assert result.exit_code == 2 and "--src" in result.output
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "does not exist"),
+    ("empty", "is empty"),
+    ("train_level", "point --src at its parent"),
+    ("out_is_a_file", "cannot write to --out"),
+    ("bad_labels_path", "--val-labels"),
+])
+def test_shard_user_mistakes(sample_tree, tmp_path, case, words):
+    src, out, extra = sample_tree, str(tmp_path / "out"), []
+    if case == "missing":
+        src = str(tmp_path / "nope")
+    elif case == "empty":
+        src = str(tmp_path / "empty")
+        os.mkdir(src)
+    elif case == "train_level":
+        src = os.path.join(sample_tree, "train")
+    elif case == "out_is_a_file":
+        out = str(tmp_path / "file")
+        open(out, "w").close()
+    elif case == "bad_labels_path":
+        extra = ["--val-labels", str(tmp_path / "labels.csv")]
+        os.makedirs(tmp_path / "flat" / "val")
+        open(tmp_path / "flat" / "val" / "ILSVRC2012_val_00000001.JPEG", "wb").close()
+        src = str(tmp_path / "flat")
+    assert_one_line_error(invoke("shard", "--src", src, "--out", out, *extra), words)
+
+
+def test_shard_prints_progress_summary_and_stats(sample_tree, tmp_path):
+    result = invoke("shard", "--src", sample_tree, "--out", str(tmp_path / "o"), "--shard-size", "100",
+                    "--split", "train")
+    assert result.exit_code == 0, result.output
+    assert "train: 192 images in 2 shards" in result.output and "eigval" in result.output
+
+
+def test_verify_and_stats_on_a_folder_that_is_not_shards(tmp_path):
+    assert_one_line_error(invoke("verify", "--shards", str(tmp_path)), "no dataset.json")

@@ -1,0 +1,104 @@
+"""The image transform: every kind of input becomes the right 256x256 RGB image, or a clear skip reason."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hard_cases as hc
+from shards.transform import (BadImage, center_crop, encode_jpeg, open_image, resize_and_center_crop,
+                              resize_shorter_side, to_rgb, transform)
+
+
+def reference(image: Image.Image, size=256) -> np.ndarray:
+    """The two-step definition: resize the shorter side, then crop the centre."""
+    return np.asarray(center_crop(resize_shorter_side(image.convert("RGB"), size), size), np.float64)
+
+
+def mean_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+@pytest.mark.parametrize("size", [(768, 512), (300, 600), (128, 64), (256, 256), (512, 512)])
+def test_one_step_resize_crop_matches_two_step_reference(size):
+    """Where the two-step geometry is exact (integral crop offset), both give the same pixels."""
+    image = hc.photo(size)
+    out = resize_and_center_crop(image, 256)
+    assert out.size == (256, 256) and out.mode == "RGB"
+    assert mean_abs(out, reference(image)) < 0.6
+
+
+@pytest.mark.parametrize("size", [(320, 240), (240, 320), (700, 300), (100, 60), (24, 18)])
+def test_one_step_resize_crop_is_within_a_subpixel_shift_of_two_step(size):
+    """Elsewhere the two-step crop is off-centre by the rounding of its offset (< 1 px); one step is exact."""
+    image = hc.photo(size)
+    out = resize_and_center_crop(image, 256)
+    assert out.size == (256, 256)
+    assert mean_abs(out, reference(image)) < 6.0
+
+
+@pytest.mark.parametrize("name", sorted(hc.READABLE))
+def test_every_readable_kind_becomes_256_rgb(name):
+    jpeg, pixels, original = transform(hc.READABLE[name](), size=256, quality=90)
+    assert pixels.shape == (256, 256, 3) and pixels.dtype == np.uint8
+    decoded = Image.open(io.BytesIO(jpeg))
+    assert decoded.format == "JPEG" and decoded.mode == "RGB" and decoded.size == (256, 256)
+    assert not decoded.info.get("progressive") and not decoded.info.get("progression")
+    assert (np.asarray(decoded) == pixels).all()  # the statistics see exactly what readers decode
+    assert original[0] > 0 and original[1] > 0
+
+
+@pytest.mark.parametrize("name", ["cmyk", "png_as_jpeg", "palette", "huge"])
+def test_colour_kinds_match_the_rgb_photo(name):
+    """CMYK is not inverted, a PNG named .JPEG is decoded as PNG, the DCT-draft path keeps the picture."""
+    _, pixels, original = transform(hc.READABLE[name]())
+    expected = reference(hc.photo(original))
+    assert mean_abs(pixels, expected) < 6.0
+
+
+def test_grayscale_and_16_bit_become_equal_channels_with_full_range():
+    _, gray8, _ = transform(hc.grayscale_jpeg())
+    _, gray16, _ = transform(hc.gray16_png())
+    for pixels in (gray8, gray16):
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert 50 < gray16.mean() < 200  # neither clipped to white nor crushed to black by a naive I;16 -> L
+    assert mean_abs(gray8, gray16) < 3.0
+
+
+def test_transparent_pixels_become_white_background():
+    _, pixels, _ = transform(hc.rgba_png())  # left quarter of a 320x240 photo is transparent
+    assert pixels[:, :30].min() >= 250  # the centre crop starts 40 px in: its first ~43 columns are white
+    assert pixels[:, 60:].mean() < 200
+
+
+def test_upscales_tiny_images():
+    _, pixels, original = transform(hc.tiny_jpeg())
+    assert original == (24, 18) and pixels.shape == (256, 256, 3)
+    assert pixels.std() > 5  # an image, not a flat fill
+
+
+def test_draft_decoding_only_for_large_jpegs():
+    image, original = open_image(hc.huge_jpeg(), draft_size=256)
+    assert original == (2600, 1800)
+    assert min(image.size) >= 256 and image.size[0] < 2600  # DCT-scaled, never below the target
+    small, _ = open_image(hc.grayscale_jpeg(), draft_size=256)
+    assert small.size == (320, 240)
+
+
+@pytest.mark.parametrize("name", sorted(hc.UNREADABLE))
+def test_unreadable_inputs_raise_bad_image_with_reason(name):
+    maker, words = hc.UNREADABLE[name]
+    with pytest.raises(BadImage, match=words):
+        transform(maker())
+
+
+def test_to_rgb_modes():
+    base = hc.photo((64, 48))
+    for mode in ("L", "1", "CMYK", "YCbCr", "LA", "RGBA", "P", "I", "F"):
+        assert to_rgb(base.convert(mode)).mode == "RGB"
+
+
+def test_encode_is_deterministic():
+    image = hc.photo()
+    assert encode_jpeg(image, 90) == encode_jpeg(image, 90)
+    assert len(encode_jpeg(image, 95)) > len(encode_jpeg(image, 50))

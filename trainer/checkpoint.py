@@ -1,0 +1,88 @@
+"""Checkpoints: written atomically (temporary file + rename, so a kill never leaves half a file), loaded with
+`weights_only=True` (no code runs on load), checked for our format tag so a foreign file is a clear error.
+
+Contents: model/optimizer/scheduler state, epoch, step, and per rank the RNG states and the loader position,
+which is what makes `--resume` continue exactly as if the run had not stopped.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+
+import numpy as np
+import torch
+
+from shards.errors import UserError
+
+FORMAT = "alexnet-wds-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: str, state: dict) -> str:
+    """Write state (plus the format tag) to path via a temporary file and os.replace."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint written by save_checkpoint; missing, corrupt or foreign files are a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint (corrupt, truncated or not written by this "
+                        f"trainer): {reason[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not an AlexNet checkpoint of this project (no '{FORMAT}' tag); "
+                        "pass a RUN/checkpoint.pt written by `cli.py train`")
+    if state.get("version") != VERSION:
+        raise UserError(f"{path} has checkpoint version {state.get('version')}, this trainer reads {VERSION}")
+    return state
+
+
+def rng_state() -> dict:
+    """Every RNG the training step touches (dropout draws from torch's), as weights_only-loadable types."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    """random.setstate wants the nested tuples back (weights_only may return lists)."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def strip_wrappers(state_dict: dict) -> dict:
+    """Model weights without DDP's 'module.' or torch.compile's '_orig_mod.' prefixes."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out

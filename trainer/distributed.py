@@ -1,0 +1,137 @@
+"""Distributed set-up, in one place (like torchvision's `utils.init_distributed_mode` / timm's
+`utils/distributed.py`): who am I (rank, local rank, world size), which device, which backend.
+
+The environment decides, the way torchrun sets it (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
+`spawn` sets the same variables for the processes it starts itself (`--gpus N`, `--procs N`).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from shards.errors import UserError
+
+ENV_DEVICE = "ALEXNET_DEVICE"  # "cuda" or "cpu": set by spawn so every child makes the same choice
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_primary(self) -> bool:  # nanoGPT's master_process: the only rank that prints and writes
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def under_launcher() -> bool:
+    """True when torchrun (or `spawn` below) has set up the rank environment."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def plan_processes(gpus: int | None, procs: int | None) -> tuple[int, str]:
+    """(number of processes, device kind) for `--gpus N` / `--procs N`; asking for what is not there is a
+    UserError. Default: one process per visible GPU, else one CPU process."""
+    available = torch.cuda.device_count()
+    if procs is not None and gpus not in (None, 0):
+        raise UserError("--procs runs CPU processes over gloo; use either --gpus N or --procs N, not both")
+    if procs is not None:
+        if procs < 1:
+            raise UserError(f"--procs must be at least 1 (got {procs})")
+        return procs, "cpu"
+    if gpus is None:
+        return (available, "cuda") if available else (1, "cpu")
+    if gpus < 0:
+        raise UserError(f"--gpus must be 0 (CPU) or more (got {gpus})")
+    if gpus > available:
+        raise UserError(f"--gpus {gpus} asked for {gpus} GPU(s) but {available} CUDA device(s) are visible; "
+                        "use --gpus 0 for the CPU or --procs N to run N CPU processes over gloo")
+    return (gpus, "cuda") if gpus else (1, "cpu")
+
+
+def setup_distributed(device_kind: str | None = None, backend: str | None = None) -> DistInfo:
+    """Rank, local rank, world size and device of this process; joins the process group when world size > 1.
+
+    device_kind: "cuda"/"cpu" (default: $ALEXNET_DEVICE, else cuda when available). backend: "nccl"/"gloo"
+    (default: nccl on CUDA, gloo on CPU). NCCL without a GPU is a UserError.
+    """
+    device_kind = device_kind or os.environ.get(ENV_DEVICE) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for but no GPU is visible; use --gpus 0 (CPU) or --procs N (gloo)")
+    backend = backend or ("nccl" if device_kind == "cuda" else "gloo")
+    if backend == "nccl" and device_kind != "cuda":
+        raise UserError("the NCCL backend needs GPUs; on CPU use gloo (--procs N, or --backend gloo)")
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                device_id=device if device_kind == "cuda" else None)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum of a tensor over ranks (in place, returned); a no-op in one process."""
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (pickled; only used at checkpoint time)."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(local_rank: int, fn, args, nprocs: int, device_kind: str, port: int, errors) -> None:
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nprocs),
+                      LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ[ENV_DEVICE] = device_kind
+    try:
+        fn(*args)
+    except UserError as e:  # hand the one-line message back to the parent, which raises it again
+        errors.put(str(e))
+        raise SystemExit(2)
+
+
+def spawn(fn, args: tuple, nprocs: int, device_kind: str) -> None:
+    """Run fn(*args) in nprocs fresh processes (one per GPU, or CPU processes over gloo) with the torchrun
+    environment set; a UserError in any of them is raised here, once."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    try:
+        mp.spawn(_child, args=(fn, args, nprocs, device_kind, _free_port(), errors), nprocs=nprocs, join=True)
+    except mp.ProcessExitedException as e:
+        if not errors.empty():
+            raise UserError(errors.get()) from None
+        raise RuntimeError(f"a training process exited with code {e.exit_code}; see its output above") from None
