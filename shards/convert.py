@@ -181,6 +181,9 @@ _progress = None
 def _init_worker(counter) -> None:
     global _progress
     _progress = counter
+    import torch
+
+    torch.set_num_threads(1)  # one image at a time per process: parallelism comes from the processes
 
 
 def _run_task(task: ShardTask) -> dict:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import hard_cases as hc
-from shards.transform import (BadImage, center_crop, encode_jpeg, open_image, resize_and_center_crop,
+from shards.transform import (BadImage, center_crop, decode_rgb, encode_jpeg, open_image, resize_and_center_crop,
                               resize_shorter_side, to_rgb, transform)
 
 
@@ -23,8 +23,8 @@ def mean_abs(a, b) -> float:
 def test_one_step_resize_crop_matches_two_step_reference(size):
     """Where the two-step geometry is exact (integral crop offset), both give the same pixels."""
     image = hc.photo(size)
-    out = resize_and_center_crop(image, 256)
-    assert out.size == (256, 256) and out.mode == "RGB"
+    out = resize_and_center_crop(np.asarray(image), 256)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
     assert mean_abs(out, reference(image)) < 0.6
 
 
@@ -32,8 +32,8 @@ def test_one_step_resize_crop_matches_two_step_reference(size):
 def test_one_step_resize_crop_is_within_a_subpixel_shift_of_two_step(size):
     """Elsewhere the two-step crop is off-centre by the rounding of its offset (< 1 px); one step is exact."""
     image = hc.photo(size)
-    out = resize_and_center_crop(image, 256)
-    assert out.size == (256, 256)
+    out = resize_and_center_crop(np.asarray(image), 256)
+    assert out.shape == (256, 256, 3)
     assert mean_abs(out, reference(image)) < 6.0
 
 
@@ -83,6 +83,15 @@ def test_draft_decoding_only_for_large_jpegs():
     assert min(image.size) >= 256 and image.size[0] < 2600  # DCT-scaled, never below the target
     small, _ = open_image(hc.grayscale_jpeg(), draft_size=256)
     assert small.size == (320, 240)
+    fast, original = decode_rgb(hc.huge_jpeg(), 256)  # the libjpeg-turbo path scales in the DCT too
+    assert original == (2600, 1800) and 256 <= min(fast.shape[:2]) < 900 and fast.shape[2] == 3
+
+
+def test_fast_and_pil_decoders_agree():
+    for maker in (hc.huge_jpeg, hc.grayscale_jpeg, hc.tiny_jpeg):
+        fast, _ = decode_rgb(maker(), 10_000)  # no DCT scaling: full size
+        pil = np.asarray(Image.open(io.BytesIO(maker())).convert("RGB"))
+        assert fast.shape == pil.shape and mean_abs(fast, pil) < 0.5
 
 
 @pytest.mark.parametrize("name", sorted(hc.UNREADABLE))
@@ -99,6 +108,6 @@ def test_to_rgb_modes():
 
 
 def test_encode_is_deterministic():
-    image = hc.photo()
+    image = np.asarray(hc.photo())
     assert encode_jpeg(image, 90) == encode_jpeg(image, 90)
     assert len(encode_jpeg(image, 95)) > len(encode_jpeg(image, 50))

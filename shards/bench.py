@@ -1,0 +1,85 @@
+"""`cli.py bench shard`: images/s of the sharder against a plain one-process PIL loop, in the same run."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+from PIL import Image
+
+from .convert import ShardConfig, convert
+from .errors import UserError
+from .sample import make_sample_tree
+from .sources import find_splits
+from .transform import FILTERS, RESIZE_FILTER
+
+
+def naive_convert(path: str, out_path: str, size: int = 256, quality: int = 90) -> None:
+    """The loop everybody writes first: open, convert to RGB, resize the shorter side, crop the centre, save."""
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), FILTERS[RESIZE_FILTER])
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    image.crop((left, top, left + size, top + size)).save(out_path, "JPEG", quality=quality)
+
+
+def bench_shard(src: str | None, workers: int, limit: int = 400, json_out: str | None = None) -> dict:
+    """Convert the same `limit` training images both ways; print both rates and the ratio."""
+    scratch = tempfile.mkdtemp(prefix="bench-shard-")
+    try:
+        if src is None:  # ImageNet-like: real photographs, shorter side 180-500 px
+            src = make_sample_tree(os.path.join(scratch, "src"), train_per_class=-(-limit // 8), val_per_class=0)
+        items = find_splits(src, "train", None)["train"][:limit]
+        if not items:
+            raise UserError(f"no training images under {src}")
+        subset = os.path.join(scratch, "subset")
+        for it in items:  # the project and the baseline read exactly the same files
+            dest = os.path.join(subset, "train", it.wnid, os.path.basename(it.source))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(it.read())
+        files = [os.path.join(root, n) for root, _, names in os.walk(os.path.join(subset, "train")) for n in names]
+        for path in files[:8]:  # warm the page cache for both runs
+            naive_convert(path, os.path.join(scratch, "warm.jpg"))
+
+        baseline_dir = os.path.join(scratch, "baseline")
+        os.makedirs(baseline_dir)
+        start = time.perf_counter()
+        for n, path in enumerate(files):
+            naive_convert(path, os.path.join(baseline_dir, f"{n}.jpg"))
+        baseline_s = time.perf_counter() - start
+
+        shard_size = max(1, -(-len(files) // (workers * 4)))  # enough shards to keep every worker busy
+        cfg = ShardConfig(src=subset, out=os.path.join(scratch, "wds"), split="train", workers=workers,
+                          shard_size=shard_size, progress=False)
+        start = time.perf_counter()
+        convert_quietly(cfg)
+        project_s = time.perf_counter() - start
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    result = {"images": len(files), "workers": workers, "cpu": platform.processor() or platform.machine(),
+              "cores": os.cpu_count(), "baseline_img_s": len(files) / baseline_s,
+              "project_img_s": len(files) / project_s}
+    result["ratio"] = result["project_img_s"] / result["baseline_img_s"]
+    print(f"{'':34}{'images/s':>10}")
+    print(f"{'baseline (1 process, naive PIL)':34}{result['baseline_img_s']:10.1f}")
+    print(f"{f'cli.py shard ({workers} workers)':34}{result['project_img_s']:10.1f}")
+    print(f"{'ratio':34}{result['ratio']:10.2f}x   ({len(files)} images, {os.cpu_count()} cores)")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def convert_quietly(cfg: ShardConfig) -> None:
+    """The full sharding run (manifest, stats, index) with its report silenced, so only the table prints."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert(cfg)
