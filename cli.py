@@ -6,6 +6,7 @@ A user mistake raises `shards.UserError` and ends here as one line on stderr and
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -31,9 +32,9 @@ def user_errors(fn):
             click.echo("interrupted: finished shards/checkpoints are kept; rerun the same command to continue", err=True)
             sys.exit(130)
         except OSError as e:
-            if e.errno == 28:  # ENOSPC
-                click.echo(f"error: disk full ({e.filename or 'output'}): free space and rerun; "
-                           "finished work is kept and half-written files were removed", err=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                click.echo(f"error: no space left for {e.filename or 'the output'} ({e.strerror}): free space and "
+                           "rerun the same command; finished work is kept, half-written files were removed", err=True)
                 sys.exit(2)
             raise
 

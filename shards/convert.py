@@ -168,11 +168,16 @@ def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, in
     folder, work = os.path.join(cfg.out, split), os.path.join(cfg.out, ".work", split)
     os.makedirs(folder, exist_ok=True)
     os.makedirs(work, exist_ok=True)
-    for stale in glob.glob(os.path.join(folder, "*.tmp-*")) + glob.glob(os.path.join(work, "*.tmp-*")):
-        os.remove(stale)  # left by a crashed or interrupted run
+    _remove_temporaries(folder, work)  # left by a crashed (killed) run
     chunks = [items[i: i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     return [ShardTask(split, n, tuple(chunk), tuple(labels[it.source] for it in chunk), folder, work, cfg.size,
                       cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
+
+
+def _remove_temporaries(*folders: str) -> None:
+    for folder in folders:
+        for path in glob.glob(os.path.join(folder, "*.tmp-*")):
+            os.remove(path)
 
 
 _progress = None
@@ -222,14 +227,19 @@ def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]):
     workers = max(1, min(cfg.workers, len(todo)))
     bar = tqdm(total=total, desc=f"{split} images", unit="img", disable=not cfg.progress, smoothing=0.05)
     results: dict[int, dict] = {}
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
-        pending = pool.map_async(_run_task, todo, chunksize=1)
-        while not pending.ready():
-            pending.wait(0.25)
-            bar.update(counter.value - bar.n)
-        records = pending.get()  # re-raises a worker's exception (e.g. disk full) here
-    bar.update(counter.value - bar.n)
-    bar.close()
+    try:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = pool.map_async(_run_task, todo, chunksize=1)
+            while not pending.ready():
+                pending.wait(0.25)
+                bar.update(counter.value - bar.n)
+            records = pending.get()  # re-raises a worker's exception (e.g. disk full) here
+    except BaseException:  # Ctrl-C, disk full, ...: the pool is terminated; remove what it left half-written
+        _remove_temporaries(todo[0].folder, todo[0].work)
+        raise
+    finally:
+        bar.update(counter.value - bar.n)
+        bar.close()
     for task, record in zip(todo, records):
         results[task.index] = record
     return sorted(results.items())

@@ -6,7 +6,6 @@ of RGB pixel values throughout the ImageNet training set".
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -102,14 +101,12 @@ def mean_image(sums: PixelSums) -> np.ndarray:
 
 
 def write_stats(root: str, sums: PixelSums) -> dict:
-    from .writer import write_atomically
+    from .writer import npy_bytes, write_atomically
 
     stats = finalize(sums)
     write_atomically(os.path.join(root, fmt.STATS), json.dumps(stats, indent=2) + "\n")
     if sums.image_sum is not None:
-        buf = io.BytesIO()
-        np.save(buf, mean_image(sums))
-        write_atomically(os.path.join(root, fmt.MEAN_IMAGE), buf.getvalue())
+        write_atomically(os.path.join(root, fmt.MEAN_IMAGE), npy_bytes(mean_image(sums)))
     return stats
 
 

@@ -126,12 +126,17 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     write_atomically(fmt.index_name(tar_path), index)
     write_atomically(tar_path, data)
     if task.mean_image:
-        tmp = os.path.join(task.work, f"{task.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, sums.image_sum)
-        os.replace(tmp, partial_image_path(task.work, task.name))
+        write_atomically(partial_image_path(task.work, task.name), npy_bytes(sums.image_sum))
     # the record is the commit marker: written last, so its presence means the shard is whole
     write_atomically(record_path(task.work, task.name), json.dumps(record))
     return record
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """.npy file content; written with write_atomically (np.save hides the errno of a full disk)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def record_path(work: str, name: str) -> str:

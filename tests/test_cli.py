@@ -65,3 +65,35 @@ def test_shard_prints_progress_summary_and_stats(sample_tree, tmp_path):
 
 def test_verify_and_stats_on_a_folder_that_is_not_shards(tmp_path):
     assert_one_line_error(invoke("verify", "--shards", str(tmp_path)), "no dataset.json")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 3 MiB tmpfs: room for a few 10-image shards (tar + 768 KiB partial sums), not for 20."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_disk_full_mid_run_is_one_line_and_leaves_no_half_shard(sample_tree, tiny_disk):
+    import subprocess
+
+    out = tiny_disk / "wds"
+    args = ["shard", "--src", sample_tree, "--out", str(out), "--shard-size", "10", "--split", "train"]
+    result = invoke(*args)
+    assert_one_line_error(result, "no space left")
+    assert not list(out.rglob("*.tmp-*"))  # nothing half-written remains
+    finished = {p.name[: -len(".json")] for p in (out / ".work" / "train").glob("*.tar.json")}
+    assert finished and {p.name for p in (out / "train").glob("*.tar")} == finished  # every tar is whole
+    assert not (out / "dataset.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)  # the user frees space
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert f"{len(finished)} of 20 shards already finished" in result.output
+    assert invoke("verify", "--shards", str(out)).exit_code == 0
