@@ -9,7 +9,6 @@ import sys
 import tarfile
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -79,37 +78,6 @@ def test_training_shards_mix_classes_and_val_is_sorted(sample_shards):
     val_keys = list(all_samples(sample_shards, "val"))
     val_sources = [json.loads(s["json"])["source"] for s in all_samples(sample_shards, "val").values()]
     assert val_sources == sorted(val_sources) and len(val_keys) == 48
-
-
-def test_read_back_with_webdataset_and_dali(sample_shards):
-    import webdataset as wds
-
-    ds = shards.open(sample_shards)
-    expected = {k: int(s["cls"]) for k, s in all_samples(sample_shards, "train").items()}
-    seen = {}
-    for sample in wds.WebDataset(ds.urls("train"), shardshuffle=False).decode("pil"):
-        assert sample["jpg"].size == (256, 256)
-        seen[sample["__key__"]] = sample["cls"]
-    assert seen == expected
-    images, labels = zip(*shards.webdataset(sample_shards, "train"))
-    assert sorted(labels) == sorted(expected.values()) and images[0].mode == "RGB"
-
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=16, num_threads=1, device_id=None)
-    def pipe():
-        jpg, lbl = fn.readers.webdataset(paths=ds.urls("train"), index_paths=ds.index_paths("train"),
-                                         ext=["jpg", "lbl"], dtypes=[types.UINT8, types.INT32])
-        return fn.decoders.image(jpg, device="cpu"), lbl
-
-    p = pipe()
-    p.build()
-    dali_labels = []
-    for _ in range(len(expected) // 16):
-        images, lbl = p.run()
-        assert images.as_tensor().shape() == [16, 256, 256, 3]
-        dali_labels += [int(x) for x in np.array(lbl.as_tensor()).reshape(-1)]
-    assert sorted(dali_labels) == sorted(expected.values())
 
 
 def test_same_input_and_seed_give_byte_identical_shards(sample_tree, sample_shards, tmp_path):
