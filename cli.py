@@ -105,19 +105,26 @@ def verify(shards_dir):
 @click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt exactly where it stopped.")
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
 @click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
-@click.option("--mean", "mean_mode", type=click.Choice(["channel", "image"]), default="channel", show_default=True)
+@click.option("--mean", "mean_mode", type=click.Choice(["channel", "image"]), default="image", show_default=True,
+              help="Subtract the mean image (the paper) or the per-channel mean.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True)
+@click.option("--step-epochs", type=int, default=30, show_default=True, help="--schedule step: /10 every N epochs.")
+@click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True,
+              help="Also checkpoint this often within an epoch.")
+@click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log lines/JSONL rows.")
+@click.option("--backend", type=click.Choice(["nccl", "gloo"]), default=None, help="Default: nccl on GPUs, else gloo.")
+@click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
 @user_errors
 def train(shards_dir, run_dir, gpus, procs, epochs, batch_size, lr, max_steps, resume, arch, schedule, mean_mode,
-          compile_model, seed, checkpoint_minutes):
+          compile_model, seed, step_epochs, checkpoint_minutes, log_every, backend, workers):
     """Train AlexNet on the shards (single process, --gpus N, --procs N or under torchrun)."""
     from trainer.train import TrainConfig, launch
 
     cfg = TrainConfig(shards=shards_dir, out=run_dir, gpus=gpus, procs=procs, epochs=epochs, batch_size=batch_size,
                       lr=lr, max_steps=max_steps, resume=resume, arch=arch, schedule=schedule, mean=mean_mode,
-                      compile=compile_model, seed=seed, checkpoint_minutes=checkpoint_minutes)
+                      compile=compile_model, seed=seed, step_epochs=step_epochs, checkpoint_minutes=checkpoint_minutes,
+                      log_every=log_every, backend=backend, workers=workers)
     launch(cfg)
 
 
@@ -127,14 +134,16 @@ def train(shards_dir, run_dir, gpus, procs, epochs, batch_size, lr, max_steps, r
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of 10 views (paper Sec. 4.1).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU).")
+@click.option("--procs", type=int, default=None, help="N CPU processes over gloo.")
+@click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as JSON.")
 @user_errors
-def evaluate(shards_dir, checkpoint, ten_crop, batch_size, gpus, as_json):
+def evaluate(shards_dir, checkpoint, ten_crop, batch_size, gpus, procs, workers, as_json):
     """Top-1/top-5 error of a checkpoint on the validation split."""
     from trainer.evaluate import EvalConfig, evaluate_command
 
     evaluate_command(EvalConfig(shards=shards_dir, checkpoint=checkpoint, ten_crop=ten_crop, batch_size=batch_size,
-                                gpus=gpus, as_json=as_json))
+                                gpus=gpus, procs=procs, workers=workers, as_json=as_json))
 
 
 # ----------------------------------------------------------------------------------------------- looking
@@ -198,15 +207,17 @@ def bench_shard(src, workers, limit, json_out):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=None, help="Threads/processes (default: all cores).")
-@click.option("--batches", type=int, default=50, show_default=True)
+@click.option("--batches", type=int, default=50, show_default=True, help="Timed batches (after 5 warm-up).")
+@click.option("--mean", "mean_mode", type=click.Choice(["image", "channel"]), default="image", show_default=True,
+              help="Mean subtraction: the paper's mean image, or per-channel.")
 @click.option("--json", "json_out", type=click.Path(), default=None)
 @user_errors
-def bench_loader(shards_dir, device, batch_size, workers, batches, json_out):
+def bench_loader(shards_dir, device, batch_size, workers, batches, mean_mode, json_out):
     """Images/s of the DALI loader against webdataset + DataLoader with the reference augmentations."""
     from pipelines.bench import bench_loader as run
 
     run(shards_dir, device=device, batch_size=batch_size, workers=workers or os.cpu_count(), batches=batches,
-        json_out=json_out)
+        mean=mean_mode, json_out=json_out)
 
 
 @bench.command(name="train")
@@ -214,13 +225,15 @@ def bench_loader(shards_dir, device, batch_size, workers, batches, json_out):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
+@click.option("--workers", type=int, default=None, help="Loader threads (default: the loader's).")
 @click.option("--json", "json_out", type=click.Path(), default=None)
 @user_errors
-def bench_train(shards_dir, device, batch_size, steps, json_out):
+def bench_train(shards_dir, device, batch_size, steps, arch, workers, json_out):
     """Training images/s: model alone on synthetic input vs end to end from the shards."""
     from trainer.bench import bench_train as run
 
-    run(shards_dir, device=device, batch_size=batch_size, steps=steps, json_out=json_out)
+    run(shards_dir, device=device, batch_size=batch_size, steps=steps, json_out=json_out, workers=workers, arch=arch)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ def setup_distributed(device_kind: str | None = None, backend: str | None = None
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if local_procs > 1:  # CPU processes share the cores instead of each starting one thread per core
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 device_id=device if device_kind == "cuda" else None)

@@ -1,0 +1,62 @@
+"""Bad flags of `train`, `eval`, `plot` and `bench train` end as one clear line and exit code 2 (CliRunner)."""
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from trainer.checkpoint import save_checkpoint
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def no_gpus():
+    if torch.cuda.is_available():
+        pytest.skip("checks what happens without a GPU")
+
+
+def test_train_flag_errors(sample_shards, tmp_path, no_gpus):
+    out = tmp_path / "run"
+    base = ("train", "--shards", sample_shards, "--out", out)
+    cases = [
+        (("--gpus", 2), "--gpus 2 asked for 2 GPU(s) but 0 CUDA device(s) are visible"),
+        (("--gpus", 1, "--procs", 2), "either --gpus N or --procs N"),
+        (("--procs", 0), "--procs must be at least 1"),
+        (("--procs", 2, "--backend", "nccl"), "--backend nccl needs GPUs"),
+        (("--batch-size", 0), "--batch-size must be at least 1"),
+        (("--epochs", 0), "--epochs must be at least 1"),
+        (("--lr", -1), "--lr must be positive"),
+        (("--max-steps", 0), "--max-steps must be at least 1"),
+        (("--resume",), "no checkpoint at"),
+    ]
+    for extra, message in cases:
+        code, output = run(*base, *extra)
+        assert code == 2, (extra, output)
+        assert message in output and "Traceback" not in output, (extra, output)
+        assert output.count("\n") == 1  # one line
+    code, output = run("train", "--shards", tmp_path / "nowhere", "--out", out)
+    assert code == 2 and "nowhere" in output and "Traceback" not in output
+    os.makedirs(out)
+    save_checkpoint(str(out / "checkpoint.pt"), {"step": 1})
+    code, output = run(*base)
+    assert code == 2 and "exists: pass --resume" in output
+
+
+def test_eval_plot_bench_flag_errors(sample_shards, tmp_path, no_gpus):
+    code, output = run("eval", "--shards", sample_shards, "--checkpoint", tmp_path / "missing.pt")
+    assert code == 2 and "no checkpoint at" in output
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    code, output = run("eval", "--shards", sample_shards, "--checkpoint", garbage)
+    assert code == 2 and "not a readable checkpoint" in output and "Traceback" not in output
+    code, output = run("eval", "--shards", sample_shards, "--checkpoint", garbage, "--gpus", 3)
+    assert code == 2 and "--gpus 3 asked for 3 GPU(s)" in output
+    code, output = run("plot", "--run", tmp_path)
+    assert code == 2 and "metrics.jsonl not found" in output
+    code, output = run("bench", "train", "--shards", sample_shards, "--device", "cuda")
+    assert code == 2 and "no GPU is visible" in output
