@@ -16,6 +16,8 @@ import click
 from shards.errors import UserError
 
 DEFAULT_SHARDS = "./imagenet-wds"
+MISSING_HINTS = {"nvidia": "nvidia-dali-cuda120", "torch": "torch", "webdataset": "webdataset",
+                 "simplejpeg": "simplejpeg", "matplotlib": "matplotlib", "skimage": "scikit-image"}
 
 
 def user_errors(fn):
@@ -27,6 +29,13 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as e:
+            package = MISSING_HINTS.get((e.name or "").split(".")[0])
+            if package is None:
+                raise
+            click.echo(f"error: {e.name} is not installed: run `make test` or `make demo` once (they set up .venv), "
+                       f"or `pip install {package}`", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished shards/checkpoints are kept; rerun the same command to continue", err=True)

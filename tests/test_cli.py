@@ -97,3 +97,18 @@ def test_disk_full_mid_run_is_one_line_and_leaves_no_half_shard(sample_tree, tin
     assert result.exit_code == 0, result.output
     assert f"{len(finished)} of 20 shards already finished" in result.output
     assert invoke("verify", "--shards", str(out)).exit_code == 0
+
+
+def test_missing_dali_install_is_one_clear_line(sample_shards, tmp_path):
+    """As on a machine where DALI was never installed: the import fails, the user gets the fix, not a traceback."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import sys; sys.modules['nvidia.dali'] = None; import cli; cli.main()"
+    result = subprocess.run([sys.executable, "-c", code, "preview", "--shards", sample_shards, "--out",
+                             str(tmp_path / "p.png")], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: nvidia.dali is not installed: run `make test` or `make demo` once (they set up .venv), "
+        "or `pip install nvidia-dali-cuda120`"]
