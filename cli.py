@@ -201,7 +201,7 @@ def bench():
 @bench.command(name="shard")
 @click.option("--src", default=None, help="Image folder (default: build the embedded sample).")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
-@click.option("--limit", type=int, default=400, show_default=True, help="Images to convert.")
+@click.option("--limit", type=int, default=800, show_default=True, help="Images to convert.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the result as JSON.")
 @user_errors
 def bench_shard(src, workers, limit, json_out):

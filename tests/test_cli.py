@@ -112,3 +112,15 @@ def test_missing_dali_install_is_one_clear_line(sample_shards, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: nvidia.dali is not installed: run `make test` or `make demo` once (they set up .venv), "
         "or `pip install nvidia-dali-cuda120`"]
+
+
+def test_bench_shard_reports_both_rates_on_the_same_images(tmp_path):
+    out = tmp_path / "bench.json"
+    result = invoke("bench", "shard", "--limit", "24", "--workers", "2", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "baseline (1 process, naive PIL)" in result.output and "ratio" in result.output
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["images"] == 24 and report["baseline_img_s"] > 0 and report["project_img_s"] > 0
+    assert abs(report["ratio"] - report["project_img_s"] / report["baseline_img_s"]) < 1e-9
