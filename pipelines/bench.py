@@ -7,7 +7,6 @@ measured span.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 import shards
 from shards.errors import UserError
+from shards.report import report_rates
 
 from . import reference
 from .loader import build_loader, resolve_device
@@ -39,17 +39,12 @@ def bench_loader(shards_dir: str, device: str = "cpu", batch_size: int = 128, wo
               "workers": workers, "mean": mean, "dali_images_per_s": batches * batch_size / dali_s,
               "reference_images_per_s": batches * batch_size / ref_s}
     result["speedup"] = result["dali_images_per_s"] / result["reference_images_per_s"]
-    print(f"bench loader: training pipeline, batch {batch_size}, {batches} timed batches after {warmup} "
-          f"warm-up, {name}, mean {mean}")
-    print(f"  {'':<44}{'images/s':>12}")
-    print(f"  {'DALI (pipelines.build_loader)':<44}{result['dali_images_per_s']:>12,.1f}")
-    print(f"  {'reference (webdataset + DataLoader + NumPy)':<44}{result['reference_images_per_s']:>12,.1f}")
-    print(f"  {'speedup':<44}{result['speedup']:>11.2f}x")
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {json_out}")
-    return result
+    return report_rates(
+        f"bench loader: training pipeline, batch {batch_size}, {batches} timed batches after {warmup} warm-up, "
+        f"{name}, mean {mean}",
+        [("DALI (pipelines.build_loader)", result["dali_images_per_s"], ""),
+         ("reference (webdataset + DataLoader + NumPy)", result["reference_images_per_s"], "")],
+        [f"speedup {result['speedup']:.2f}x"], result, json_out)
 
 
 def time_batches(batches_iter, batches: int, warmup: int, device: torch.device) -> float:

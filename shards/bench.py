@@ -1,7 +1,6 @@
 """`cli.py bench shard`: images/s of the sharder against a plain one-process PIL loop, in the same run."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -12,6 +11,7 @@ from PIL import Image
 
 from .convert import ShardConfig, convert
 from .errors import UserError
+from .report import report_rates
 from .sample import make_sample_tree
 from .sources import find_splits
 from .transform import FILTERS, RESIZE_FILTER
@@ -68,14 +68,11 @@ def bench_shard(src: str | None, workers: int, limit: int = 800, json_out: str |
               "cores": os.cpu_count(), "repeats": repeats, "baseline_img_s": len(files) / min(baseline_s),
               "project_img_s": len(files) / min(project_s)}
     result["ratio"] = result["project_img_s"] / result["baseline_img_s"]
-    print(f"{'':34}{'images/s':>10}")
-    print(f"{'baseline (1 process, naive PIL)':34}{result['baseline_img_s']:10.1f}")
-    print(f"{f'cli.py shard ({workers} workers)':34}{result['project_img_s']:10.1f}")
-    print(f"{'ratio':34}{result['ratio']:10.2f}x   ({len(files)} images, {os.cpu_count()} cores, best of {repeats})")
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(result, f, indent=1)
-    return result
+    return report_rates(
+        f"bench shard: {len(files)} images, {os.cpu_count()} cores, best of {repeats}",
+        [("baseline (1 process, naive PIL)", result["baseline_img_s"], ""),
+         (f"cli.py shard ({workers} workers)", result["project_img_s"], "")],
+        [f"ratio {result['ratio']:.2f}x"], result, json_out)
 
 
 def convert_quietly(cfg: ShardConfig) -> None:

@@ -60,3 +60,20 @@ def test_eval_plot_bench_flag_errors(sample_shards, tmp_path, no_gpus):
     assert code == 2 and "metrics.jsonl not found" in output
     code, output = run("bench", "train", "--shards", sample_shards, "--device", "cuda")
     assert code == 2 and "no GPU is visible" in output
+
+
+def test_bench_train_reports_model_alone_and_end_to_end(sample_shards, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import cli
+
+    out = tmp_path / "train.json"
+    result = CliRunner().invoke(cli.main, ["bench", "train", "--shards", sample_shards, "--batch-size", "2",
+                                           "--steps", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "model alone" in result.output and "end to end" in result.output and "limited by" in result.output
+    report = json.loads(out.read_text())
+    assert report["model_alone_images_per_s"] > 0 and report["end_to_end_images_per_s"] > 0
+    assert 0 <= report["end_to_end_data_wait_share"] <= 1

@@ -6,12 +6,12 @@ steps. Both rows run in the same process on the same device, one after the other
 """
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 
 from shards.errors import UserError
+from shards.report import report_rates
 
 from .evaluate import to_model_input
 from .loop import train_step
@@ -82,14 +82,9 @@ def bench_train(shards_dir: str, device: str = "cpu", batch_size: int = 128, ste
               "end_to_end_images_per_s": steps * batch_size / e2e_s,
               "end_to_end_data_wait_share": wait_s / e2e_s}
     result["limited_by"] = "data" if result["end_to_end_data_wait_share"] > 0.2 else "compute"
-    print(f"bench train: {arch}, batch {batch_size}, {steps} timed steps after {WARMUP_STEPS} warm-up, {name}")
-    print(f"  {'':<34}{'images/s':>12}")
-    print(f"  {'model alone (synthetic on device)':<34}{result['model_alone_images_per_s']:>12,.1f}")
-    print(f"  {'end to end (shards -> DALI)':<34}{result['end_to_end_images_per_s']:>12,.1f}"
-          f"   (data wait {result['end_to_end_data_wait_share']:.0%} of step time)")
-    print(f"  limited by {result['limited_by']}")
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {json_out}")
-    return result
+    return report_rates(
+        f"bench train: {arch}, batch {batch_size}, {steps} timed steps after {WARMUP_STEPS} warm-up, {name}",
+        [("model alone (synthetic on device)", result["model_alone_images_per_s"], ""),
+         ("end to end (shards -> DALI)", result["end_to_end_images_per_s"],
+          f"   (data wait {result['end_to_end_data_wait_share']:.0%} of step time)")],
+        [f"limited by {result['limited_by']}"], result, json_out)
