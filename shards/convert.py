@@ -21,7 +21,8 @@ from .errors import UserError
 from .sources import Item, find_splits
 from .stats import PixelSums, format_table, recompute_stats, write_stats
 from .transform import FILTERS, RESIZE_FILTER
-from .writer import ShardTask, build_shard, finished_record, partial_image_path, write_atomically
+from .writer import (ShardTask, build_shard, finished_record, init_worker_process, partial_image_path,
+                     write_atomically)
 
 
 @dataclass
@@ -186,9 +187,7 @@ _progress = None
 def _init_worker(counter) -> None:
     global _progress
     _progress = counter
-    import torch
-
-    torch.set_num_threads(1)  # one image at a time per process: parallelism comes from the processes
+    init_worker_process()
 
 
 def _run_task(task: ShardTask) -> dict:

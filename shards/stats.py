@@ -130,7 +130,9 @@ def recompute_stats(root: str, workers: int) -> dict:
     size = shard_set.manifest["params"]["size"]
     total = PixelSums.zero(size, mean_image=True)
     tasks = [(url, size) for url in shard_set.urls("train")]
-    with mp.get_context("fork").Pool(max(1, min(workers, len(tasks)))) as pool:
+    from .writer import init_worker_process
+
+    with mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=init_worker_process) as pool:
         for part in pool.imap(shard_pixel_sums, tasks):
             total = total.merge(part)
     return write_stats(root, total)

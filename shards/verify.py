@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from . import format as fmt
 from .api import ShardSet
+from .writer import init_worker_process
 
 
 def check_shard(args: tuple[str, dict]) -> str | None:
@@ -49,7 +50,7 @@ def find_problems(root: str, workers: int = os.cpu_count() or 1) -> list[tuple[s
     shard_set = ShardSet(root)
     jobs = [(os.path.join(root, split, e["name"]), e) for split in shard_set.splits for e in shard_set.shards(split)]
     problems = []
-    with mp.get_context("fork").Pool(max(1, min(workers, len(jobs)))) as pool, \
+    with mp.get_context("fork").Pool(max(1, min(workers, len(jobs))), initializer=init_worker_process) as pool, \
             tqdm(total=len(jobs), desc="verify", unit="shard") as bar:
         for (path, _), problem in zip(jobs, pool.imap(check_shard, jobs)):
             bar.update()

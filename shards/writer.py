@@ -46,6 +46,17 @@ class ShardTask:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def init_worker_process() -> None:
+    """Pool initializer: Ctrl-C goes to the parent, which stops the pool and removes half-written files;
+    one image at a time per process (torch's resize), the parallelism comes from the processes."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
 def tar_member(name: str, data: bytes) -> tuple[bytes, int]:
     """USTAR header + data + padding for one member; returns (bytes, header length)."""
     info = tarfile.TarInfo(name)

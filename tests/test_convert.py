@@ -177,3 +177,24 @@ def test_shards_written_by_workers_never_look_finished_until_renamed(sample_shar
         assert not [n for n in names if ".tmp-" in n]
         assert sorted(n for n in names if n.endswith(".idx")) == sorted(n[:-4] + ".idx" for n in names
                                                                        if n.endswith(".tar"))
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(sample_tree, sample_shards, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): exit 130, one line, no half shard."""
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "shard", "--src", sample_tree, "--out", str(out),
+           "--shard-size", "40", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    records = out / ".work" / "train"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.exists() and any(p.suffix == ".json" for p in records.iterdir())):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr.splitlines()[-1] and "Traceback" not in stderr
+    assert not list(out.rglob("*.tmp-*")) and not (out / "dataset.json").exists()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert shards.open(str(out)).manifest["splits"] == shards.open(sample_shards).manifest["splits"]
