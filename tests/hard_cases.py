@@ -56,6 +56,19 @@ def tiny_jpeg() -> bytes:
     return encode(photo((24, 18)), "JPEG", quality=95)
 
 
+def handwritten_digit() -> bytes:
+    """A real handwritten digit (UCI digits, shipped inside scikit-learn): 8x8 pixels, 17 grey levels, as PNG."""
+    import gzip
+    import importlib.util
+    import os
+
+    folder = list(importlib.util.find_spec("sklearn").submodule_search_locations)[0]
+    with gzip.open(os.path.join(folder, "datasets", "data", "digits.csv.gz")) as f:
+        first = np.array(f.readline().decode().split(","), np.float64)[:64].reshape(8, 8)
+    ink = np.rint(255 - first * 255 / 16).astype(np.uint8)  # dark ink on white paper
+    return encode(Image.fromarray(ink), "PNG")
+
+
 def huge_jpeg() -> bytes:
     return encode(photo((2600, 1800)), "JPEG", quality=90)
 
@@ -79,7 +92,7 @@ def decompression_bomb() -> bytes:
 
 READABLE = {  # name -> maker: every one must become a 256x256 RGB sample
     "cmyk": cmyk_jpeg, "png_as_jpeg": png_named_jpeg, "gray": grayscale_jpeg, "palette": palette_with_transparency,
-    "rgba": rgba_png, "gray16": gray16_png, "tiny": tiny_jpeg, "huge": huge_jpeg,
+    "rgba": rgba_png, "gray16": gray16_png, "tiny": tiny_jpeg, "huge": huge_jpeg, "handwriting": handwritten_digit,
 }
 UNREADABLE = {  # name -> (maker, words the skip reason contains)
     "truncated": (truncated_jpeg, "truncated"), "empty": (lambda: b"", "empty"),

@@ -80,9 +80,18 @@ def test_jsonl_rows(run_dir):
 
 
 def test_plot_writes_a_png(run_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
     path = plot_run(run_dir)
     assert path == os.path.join(run_dir, "curves.png")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), np.float32)
+    assert pixels.shape[1] >= 1000 and pixels.shape[0] >= 300  # three panels side by side
+    assert (pixels < 128).mean() > 0.005 and pixels.std() > 10  # axes, text and curves drawn: not blank
+    coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 60  # matplotlib's blue/orange lines, not just greys
+    assert coloured.mean() > 0.0005
     other = str(tmp_path / "elsewhere.png")
     assert plot_run(run_dir, other) == other and os.path.getsize(other) > 1000
 

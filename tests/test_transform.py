@@ -77,6 +77,14 @@ def test_upscales_tiny_images():
     assert pixels.std() > 5  # an image, not a flat fill
 
 
+def test_upscales_an_8x8_handwritten_digit():
+    _, pixels, original = transform(hc.handwritten_digit())
+    assert original == (8, 8) and pixels.shape == (256, 256, 3)
+    assert (pixels[..., 0] == pixels[..., 2]).all()  # still grey
+    gray = pixels[..., 0].astype(np.float64)
+    assert gray[:16, :16].mean() > 200 and gray.min() < 60  # white paper in the corner, dark ink in the stroke
+
+
 def test_draft_decoding_only_for_large_jpegs():
     image, original = open_image(hc.huge_jpeg(), draft_size=256)
     assert original == (2600, 1800)
