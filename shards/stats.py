@@ -12,6 +12,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from . import format as fmt
 from .errors import UserError
@@ -133,7 +134,7 @@ def recompute_stats(root: str, workers: int) -> dict:
     from .writer import init_worker_process
 
     with mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=init_worker_process) as pool:
-        for part in pool.imap(shard_pixel_sums, tasks):
+        for part in tqdm(pool.imap(shard_pixel_sums, tasks), total=len(tasks), desc="stats", unit="shard"):
             total = total.merge(part)
     return write_stats(root, total)
 
