@@ -80,8 +80,9 @@ def test_timm_info_json(sample_shards):
 
 
 def test_hugging_face_datasets_webdataset_loader(sample_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # before the import: datasets reads it once
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     ds = shards.open(sample_shards)
     hf = datasets.load_dataset("webdataset", data_files={"validation": ds.urls("val")}, split="validation",
                                cache_dir=str(tmp_path))
