@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import format as fmt
 from .errors import UserError
 from .sources import Item, find_splits
-from .stats import PixelSums, format_table, recompute_stats, write_stats
+from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .transform import FILTERS, RESIZE_FILTER
 from .writer import (ShardTask, build_shard, finished_record, init_worker_process, partial_image_path,
                      write_atomically)
@@ -251,19 +251,21 @@ def _split_entry(records: list[dict]) -> dict:
 
 
 def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
-    """Merge the per-shard partial sums (exact) into stats.json and mean_image.npy."""
+    """stats.json and mean_image.npy for these training shards: kept if already computed from exactly them,
+    else merged from the per-shard partial sums (exact), else (partials gone) recomputed from the shards."""
+    digest = shards_digest(shards)
+    if current_stats(cfg.out, digest):
+        return
     work = os.path.join(cfg.out, ".work", "train")
     partials = [partial_image_path(work, s["name"]) for s in shards]
     if not all(os.path.isfile(p) for p in partials):
-        if os.path.isfile(os.path.join(cfg.out, fmt.STATS)) and os.path.isfile(os.path.join(cfg.out, fmt.MEAN_IMAGE)):
-            return  # every shard was finished by an earlier run that already wrote the statistics
         recompute_stats(cfg.out, cfg.workers)
         return
     total = PixelSums.zero(cfg.size, mean_image=True)
     for shard, partial in zip(shards, partials):
         with open(os.path.join(work, shard["name"] + ".json")) as f:
             total = total.merge(PixelSums.from_json(json.load(f)["sums"], np.load(partial)))
-    write_stats(cfg.out, total)
+    write_stats(cfg.out, total, digest)
     for partial in partials:  # 768 KiB each: not worth keeping once merged
         os.remove(partial)
 

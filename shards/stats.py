@@ -6,6 +6,7 @@ of RGB pixel values throughout the ImageNet training set".
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -97,10 +98,26 @@ def mean_image(sums: PixelSums) -> np.ndarray:
     return (sums.image_sum.astype(np.float64) / max(sums.images, 1)).astype(np.float32)
 
 
-def write_stats(root: str, sums: PixelSums) -> dict:
+def shards_digest(shards: list[dict]) -> str:
+    """Identifies the training shards statistics were computed from (their sha256 in order)."""
+    return hashlib.sha256("\n".join(s["sha256"] for s in shards).encode()).hexdigest()
+
+
+def current_stats(root: str, digest: str) -> dict | None:
+    """stats.json if it was computed from exactly these shards (and the mean image is there), else None."""
+    try:
+        with open(os.path.join(root, fmt.STATS)) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return None
+    fresh = stats.get("shards_digest") == digest and os.path.isfile(os.path.join(root, fmt.MEAN_IMAGE))
+    return stats if fresh else None
+
+
+def write_stats(root: str, sums: PixelSums, digest: str) -> dict:
     from .writer import npy_bytes, write_atomically
 
-    stats = finalize(sums)
+    stats = {**finalize(sums), "shards_digest": digest}
     write_atomically(os.path.join(root, fmt.STATS), json.dumps(stats, indent=2) + "\n")
     if sums.image_sum is not None:
         write_atomically(os.path.join(root, fmt.MEAN_IMAGE), npy_bytes(mean_image(sums)))
@@ -136,7 +153,7 @@ def recompute_stats(root: str, workers: int) -> dict:
     with mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=init_worker_process) as pool:
         for part in tqdm(pool.imap(shard_pixel_sums, tasks), total=len(tasks), desc="stats", unit="shard"):
             total = total.merge(part)
-    return write_stats(root, total)
+    return write_stats(root, total, shards_digest(shard_set.shards("train")))
 
 
 def format_table(stats: dict) -> str:
@@ -161,12 +178,10 @@ def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
         raise UserError(f"{root} has no training split: statistics are computed over training images "
                         f"(cli.py shard --src IMAGENET --out {root} --split train)")
     path = os.path.join(root, fmt.STATS)
-    if recompute or not os.path.isfile(path):
+    stats = None if recompute else current_stats(root, shards_digest(shard_set.shards("train")))
+    if stats is None:  # asked, missing, or computed from other shards than the manifest lists now
         print(f"computing statistics from the decoded training shards of {root} ...")
         stats = recompute_stats(root, workers)
-    else:
-        with open(path) as f:
-            stats = json.load(f)
     print(format_table(stats))
     print(f"written to {path}")
     return stats

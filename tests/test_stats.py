@@ -110,3 +110,23 @@ def test_stats_before_shard(tmp_path, missing):
         root.mkdir()
     result = CliRunner().invoke(cli.main, ["stats", "--shards", str(root)])
     assert result.exit_code == 2 and "cli.py shard" in result.output and "Traceback" not in result.output
+
+
+def test_statistics_follow_the_shards_when_the_source_grows(sample_tree, tmp_path):
+    """Rerun after adding images: some shards change, the merged partials of the others are gone -> recompute."""
+    from shards.convert import ShardConfig, convert
+
+    src = shutil.copytree(sample_tree, tmp_path / "src")
+    out = str(tmp_path / "wds")
+    cfg = ShardConfig(src=str(src), out=out, split="train", shard_size=40, workers=2, progress=False)
+    convert(cfg)
+    first = shards.open(out).stats
+    wnid = sorted(os.listdir(src / "train"))[0]
+    for name in sorted(os.listdir(src / "train" / wnid))[:4]:
+        shutil.copy(src / "train" / wnid / name, src / "train" / wnid / f"extra_{name}")
+    convert(cfg)
+    after = shards.open(out).stats
+    assert first.count == 192 and after.count == 196
+    assert_matches_numpy(after, decoded_training_pixels(out))
+    result = CliRunner().invoke(cli.main, ["stats", "--shards", out])
+    assert result.exit_code == 0 and "computing" not in result.output  # fresh: printed, not recomputed
