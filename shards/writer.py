@@ -134,11 +134,11 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     record = {"name": task.name, "count": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "skipped": skipped, "plan": task.plan_digest(), "sums": sums.to_json()}
     tar_path = os.path.join(task.folder, task.name)
-    write_atomically(fmt.index_name(tar_path), index)
-    write_atomically(tar_path, data)
-    if task.mean_image:
+    if task.mean_image:  # the bulky side file first: a full disk then stops us before the shard appears
         write_atomically(partial_image_path(task.work, task.name), npy_bytes(sums.image_sum))
-    # the record is the commit marker: written last, so its presence means the shard is whole
+    write_atomically(fmt.index_name(tar_path), index)
+    write_atomically(tar_path, data)  # whole or absent: renamed into place only when complete
+    # the record is the commit marker: written last; a shard without one is redone by the next run
     write_atomically(record_path(task.work, task.name), json.dumps(record))
     return record
 
