@@ -149,21 +149,27 @@ def test_resume_keeps_finished_shards_and_redoes_the_rest(sample_tree, sample_sh
     assert find_problems(str(out)) == []
 
 
-def test_killed_run_resumes_to_the_same_result(sample_tree, sample_shards, tmp_path):
-    """A real interruption: SIGKILL the shard command mid-run, rerun it, get exactly the uninterrupted result."""
-    out = tmp_path / "killed"
-    cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "shard", "--src", sample_tree, "--out", str(out),
-           "--shard-size", "40", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def start_shard_command(src, out, workers):
+    """`cli.py shard` in its own process group, returned once its first training shard is finished."""
+    cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "shard", "--src", src, "--out", str(out),
+           "--shard-size", "40", "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     records = out / ".work" / "train"
     deadline = time.time() + 120
     while time.time() < deadline and not (records.exists() and any(p.suffix == ".json" for p in records.iterdir())):
         time.sleep(0.02)
+    return cmd, proc
+
+
+def test_killed_run_resumes_to_the_same_result(sample_tree, sample_shards, tmp_path):
+    """A real interruption: SIGKILL the shard command mid-run, rerun it, get exactly the uninterrupted result."""
+    out = tmp_path / "killed"
+    cmd, proc = start_shard_command(sample_tree, out, workers=1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "dataset.json").exists()  # killed before the end: nothing looks finished
-    done = [p for p in os.listdir(records) if p.endswith(".tar.json")]
+    done = [p for p in os.listdir(out / ".work" / "train") if p.endswith(".tar.json")]
     assert 1 <= len(done) < 5
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -182,14 +188,7 @@ def test_shards_written_by_workers_never_look_finished_until_renamed(sample_shar
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(sample_tree, sample_shards, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): exit 130, one line, no half shard."""
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "shard", "--src", sample_tree, "--out", str(out),
-           "--shard-size", "40", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    records = out / ".work" / "train"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (records.exists() and any(p.suffix == ".json" for p in records.iterdir())):
-        time.sleep(0.02)
+    cmd, proc = start_shard_command(sample_tree, out, workers=2)
     os.killpg(proc.pid, signal.SIGINT)
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, stderr
