@@ -32,7 +32,9 @@ class SplitFiles:
 def split_files(root: str, split: str) -> SplitFiles:
     """The split's shards from the manifest, every one with a readable .idx that lists jpg and lbl per sample."""
     ds = shards.open(root)
-    urls, idx, counts = ds.urls(split), ds.index_paths(split), ds.shard_counts(split)
+    # a shard whose every input was unreadable holds no sample: DALI cannot index an empty tar, so leave it out
+    kept = [(u, i, c) for u, i, c in zip(ds.urls(split), ds.index_paths(split), ds.shard_counts(split)) if c > 0]
+    urls, idx, counts = (list(column) for column in zip(*kept)) if kept else ([], [], [])
     if not urls or sum(counts) == 0:
         raise UserError(f"{root}: the '{split}' split has no samples")
     for url, index, count in zip(urls, idx, counts):

@@ -276,3 +276,26 @@ def test_gpu_resume(sample_shards):
     resumed = pipelines.build_loader(sample_shards, "train", state=loader.state_dict(), **kw)
     after = [(x.cpu(), y.cpu()) for x, y in take(resumed, 3)]
     assert same(before + after, full)
+
+
+def test_a_shard_emptied_by_unreadable_inputs_is_left_out(tmp_path):
+    """Every input of one shard unreadable -> a 0-sample shard in the manifest; the loader still reads the rest."""
+    from shards.convert import ShardConfig, convert
+    from shards.sample import make_sample_tree
+    from shards.verify import find_problems
+
+    src = make_sample_tree(str(tmp_path / "src"), num_classes=2, train_per_class=4, val_per_class=2)
+    wnid = sorted(os.listdir(os.path.join(src, "val")))[0]
+    for name in ("a_bad1.JPEG", "a_bad2.JPEG"):  # sorted right after the class's 2 good images: one shard of 2
+        open(os.path.join(src, "val", wnid, name), "wb").close()
+    out = str(tmp_path / "wds")
+    manifest = convert(ShardConfig(src=src, out=out, shard_size=2, workers=1, progress=False))
+    assert [s["count"] for s in manifest["splits"]["val"]["shards"]] == [2, 0, 2]
+    assert find_problems(out) == []
+    for world_size in (1, 2):
+        labels = []
+        for rank in range(world_size):
+            loader = pipelines.build_loader(out, split="val", batch_size=1, device="cpu", rank=rank,
+                                            world_size=world_size, mean="channel")
+            labels += [int(x) for _, batch in loader for x in batch if x >= 0]
+        assert sorted(labels) == [0, 0, 1, 1]
