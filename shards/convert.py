@@ -203,8 +203,8 @@ def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[s
     if kept:
         print(f"{split}: {kept} of {len(tasks)} shards already finished, {len(todo)} to write")
     if todo:
-        for index, record in _run_parallel(cfg, split, todo):
-            records[index] = record
+        for task, record in zip(todo, _run_parallel(cfg, split, todo)):
+            records[task.index] = record
     return [records[t.index] for t in tasks]
 
 
@@ -219,13 +219,12 @@ def _remove_unplanned(tasks: list[ShardTask]) -> None:
                 os.remove(fmt.index_name(path))
 
 
-def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]):
+def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]) -> list[dict]:
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
     total = sum(len(t.items) for t in todo)
     workers = max(1, min(cfg.workers, len(todo)))
     bar = tqdm(total=total, desc=f"{split} images", unit="img", disable=not cfg.progress, smoothing=0.05)
-    results: dict[int, dict] = {}
     try:
         with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
             pending = pool.map_async(_run_task, todo, chunksize=1)
@@ -239,9 +238,7 @@ def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]):
     finally:
         bar.update(counter.value - bar.n)
         bar.close()
-    for task, record in zip(todo, records):
-        results[task.index] = record
-    return sorted(results.items())
+    return records  # in the order of `todo`
 
 
 def _split_entry(records: list[dict]) -> dict:

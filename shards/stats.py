@@ -125,16 +125,16 @@ def write_stats(root: str, sums: PixelSums, digest: str) -> dict:
 
 
 def shard_pixel_sums(args: tuple[str, int]) -> PixelSums:
-    """Decode every image of one shard and sum its pixels (for `stats --recompute`)."""
-    from PIL import Image
+    """Decode every image of one shard and sum its pixels (for `stats --recompute`), with the decoder that
+    sharding used for its own statistics."""
+    from .transform import decode_jpeg
 
     path, size = args
     sums = PixelSums.zero(size, mean_image=True)
     with tarfile.open(path) as tar:
         for member in tar:
             if member.name.endswith("." + fmt.IMAGE_EXT):
-                with Image.open(tar.extractfile(member)) as im:
-                    sums.add(np.asarray(im.convert("RGB")))
+                sums.add(decode_jpeg(tar.extractfile(member).read()))
     return sums
 
 
