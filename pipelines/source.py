@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass
 
 import shards
+from shards import dali_index
 from shards import format as fmt
+from shards import io as store
 from shards.errors import UserError
 
 REQUIRED = (fmt.IMAGE_EXT, fmt.LABEL_I32_EXT)  # the pipeline reads jpg and the int32 label (never ASCII .cls)
@@ -30,60 +32,56 @@ class SplitFiles:
 
 
 def split_files(root: str, split: str) -> SplitFiles:
-    """The split's shards from the manifest, every one with a readable .idx that lists jpg and lbl per sample."""
+    """The split's shards from the manifest, every one with a readable .idx that lists jpg and lbl per sample.
+
+    Shards on an object store are read by DALI where they are (s3:// paths); their small .idx files are fetched
+    once into a local cache, named by the shard's sha256 so a rewritten shard never meets a stale index."""
     ds = shards.open(root)
-    # a shard whose every input was unreadable holds no sample: DALI cannot index an empty tar, so leave it out
-    kept = [(u, i, c) for u, i, c in zip(ds.urls(split), ds.index_paths(split), ds.shard_counts(split)) if c > 0]
-    urls, idx, counts = (list(column) for column in zip(*kept)) if kept else ([], [], [])
-    if not urls or sum(counts) == 0:
+    entries = [e for e in ds.shards(split) if e["count"] > 0]  # DALI cannot index an empty tar: leave it out
+    if not entries:
         raise UserError(f"{root}: the '{split}' split has no samples")
-    for url, index, count in zip(urls, idx, counts):
-        check_shard_files(url, index, count)
+    urls = [store.join(ds.root, split, e["name"]) for e in entries]
+    present = store.list_sizes(store.join(ds.root, split))
+    indexes = []
+    for url, entry in zip(urls, entries):
+        index = dali_index.index_name(url)
+        if entry["name"] not in present:
+            raise UserError(f"{url} is missing: run `cli.py verify --shards {ds.root}` and rerun `cli.py shard` to "
+                            "rewrite it")
+        if dali_index.index_name(entry["name"]) not in present:
+            raise UserError(f"{url} has no DALI index {store.basename(index)}: make it with "
+                            f"`wds2idx {url} {index}` (from nvidia-dali) or rerun `cli.py shard`")
+        indexes.append(_local_index(index, entry) if store.is_url(index) else index)
+    for url, index, entry in zip(urls, indexes, entries):
+        check_shard_files(url, index, entry["count"])
     size = int(ds.manifest.get("params", {}).get("size", 256))
-    return SplitFiles(ds.root, split, tuple(urls), tuple(idx), tuple(counts), size)
+    return SplitFiles(ds.root, split, tuple(urls), tuple(indexes), tuple(e["count"] for e in entries), size)
+
+
+def index_cache() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet-wds", "idx")
+
+
+def _local_index(url: str, entry: dict) -> str:
+    path = os.path.join(index_cache(), entry["sha256"] + ".idx")
+    if not os.path.isfile(path):
+        os.makedirs(index_cache(), exist_ok=True)
+        store.write_atomically(path, store.read_bytes(url))
+    return path
 
 
 def check_shard_files(url: str, index: str, count: int) -> None:
-    """The tar exists, and its DALI index (v1.2: `ext offset size name` per component) covers every sample."""
-    if not os.path.isfile(url):
-        raise UserError(f"{url} is missing: run `cli.py verify --shards {os.path.dirname(os.path.dirname(url))}` "
-                        "and rerun `cli.py shard` to rewrite it")
-    if not os.path.isfile(index):
-        raise UserError(f"{url} has no DALI index {os.path.basename(index)}: make it with "
-                        f"`wds2idx {url} {index}` (from nvidia-dali) or rerun `cli.py shard`")
+    """The shard's DALI index covers every sample with a jpg and a 4-byte int32 label (never ASCII .cls)."""
     with open(index) as f:
-        lines = f.read().splitlines()
-    header = lines[0].split() if lines else []
-    if len(header) != 2 or not header[0].startswith("v1.") or not header[1].isdigit():
-        raise UserError(f"{index} is not a DALI webdataset index (first line {lines[:1]}): rewrite it with "
-                        f"`wds2idx {url} {index}`")
-    if int(header[1]) != count or len(lines) - 1 != count:
-        raise UserError(f"{index} lists {len(lines) - 1} samples but the manifest says {url} has {count}: "
-                        f"the index is stale, rewrite it with `wds2idx {url} {index}`")
-    stride = 4 if header[0] >= "v1.2" else 3  # v1.2 lists `ext offset size name` per component, v1.1 no name
-    check_index_line(url, lines[1], 0, stride)  # the label's size: a foreign int64/ASCII label shows in every sample
-    text = "\n" + "\n".join(lines[1:])  # an `ext` field starts a line or follows a space; names hold no spaces
-    if all(text.count(f" {ext} ") + text.count(f"\n{ext} ") == count for ext in REQUIRED):
-        return  # fast path (about a second for ImageNet's 1.28M samples); else find and name the first bad sample
-    for number, line in enumerate(lines[1:]):
-        check_index_line(url, line, number, stride)
-
-
-def check_index_line(url: str, line: str, number: int, stride: int = 4) -> None:
-    """One sample of an index: both components present, and the label exactly 4 bytes (one int32)."""
-    fields = line.split()
-    exts = fields[0::stride]
-    label = fields[stride * exts.index(fmt.LABEL_I32_EXT) + 2] if fmt.LABEL_I32_EXT in exts else None
-    if fmt.IMAGE_EXT in exts and label == "4":
+        text = f.read()
+    problem = dali_index.problem(text, count, required=REQUIRED, sizes={fmt.LABEL_I32_EXT: 4})
+    if problem is None:
         return
-    key = fields[3].split(".", 1)[0] if stride == 4 and len(fields) > 3 else f"number {number}"
-    missing = [ext for ext in REQUIRED if ext not in exts]
-    if missing:
-        raise UserError(f"{url}: sample '{key}' has no .{' / .'.join(missing)} component (it has "
-                        f"{', '.join(exts) or 'none'}); the pipeline reads the label from .{fmt.LABEL_I32_EXT} "
+    if problem.startswith("sample"):
+        raise UserError(f"{url}: {problem}; the pipeline reads the jpg and the label from .{fmt.LABEL_I32_EXT} "
                         "(4-byte int32): rewrite these shards with `cli.py shard`")
-    raise UserError(f"{url}: sample '{key}' has a .{fmt.LABEL_I32_EXT} of {label} bytes, not one 4-byte int32: "
-                    "rewrite these shards with `cli.py shard`")
+    raise UserError(f"{index} does not describe {url} ({problem}): the index is stale or foreign, rewrite it with "
+                    f"`wds2idx {url} {index}` or rerun `cli.py shard`")
 
 
 def rank_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -99,17 +97,14 @@ def rank_counts(count: int, world_size: int) -> list[int]:
 def jpeg_records(files: SplitFiles, start: int, stop: int):
     """(shard path, key, offset, size) of the jpg of split samples [start, stop), read from the .idx files."""
     first = 0
-    for url, index, count in zip(files.urls, files.index_paths, files.shard_counts):
+    for url, index_path, count in zip(files.urls, files.index_paths, files.shard_counts):
         lo, hi = max(start, first), min(stop, first + count)
         if lo < hi:
-            with open(index) as f:
-                lines = f.read().splitlines()
-            stride = 4 if lines[0] >= "v1.2" else 3
+            with open(index_path) as f:
+                index = dali_index.parse(f.read())
             for number in range(lo - first, hi - first):
-                fields = lines[1 + number].split()
-                at = stride * fields[0::stride].index(fmt.IMAGE_EXT)
-                key = fields[at + 3].split(".", 1)[0] if stride == 4 else f"number {number}"
-                yield url, key, int(fields[at + 1]), int(fields[at + 2])
+                jpg = index.sample(number)[fmt.IMAGE_EXT]
+                yield url, index.key(number), jpg.offset, jpg.size
         first += count
 
 
@@ -123,9 +118,7 @@ def find_bad_jpeg(files: SplitFiles, start: int, stop: int) -> str | None:
     from PIL import Image
 
     for url, key, offset, size in jpeg_records(files, start, stop):
-        with open(url, "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
+        data = store.read_bytes(url, offset, offset + size)
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()

@@ -1,14 +1,18 @@
-"""The small reader API other projects import: `shards.open(DIR)` and `shards.webdataset(DIR, split)`."""
+"""The small reader API other projects import: `shards.open(DIR)` and `shards.webdataset(DIR, split)`.
+
+DIR is a local folder or an fsspec URL (s3://bucket/imagenet-wds): the shards stream from where they are.
+"""
 from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import dali_index
 from . import format as fmt
+from . import io as store
 from .errors import UserError
 
 
@@ -29,7 +33,7 @@ class ShardSet:
     """A finished shard directory: classes, statistics and shard paths per split."""
 
     def __init__(self, root: str):
-        self.root = os.path.abspath(root)
+        self.root = store.absolute(root)
         self.manifest = fmt.read_manifest(self.root)
         self.classes: list[str] = list(self.manifest["classes"])
 
@@ -48,10 +52,10 @@ class ShardSet:
         return list(self._split(split)["shards"])
 
     def urls(self, split: str) -> list[str]:
-        return [os.path.join(self.root, split, s["name"]) for s in self.shards(split)]
+        return [store.join(self.root, split, s["name"]) for s in self.shards(split)]
 
     def index_paths(self, split: str) -> list[str]:
-        return [os.path.join(self.root, split, fmt.index_name(s["name"])) for s in self.shards(split)]
+        return [store.join(self.root, split, dali_index.index_name(s["name"])) for s in self.shards(split)]
 
     def shard_counts(self, split: str) -> list[int]:
         return [s["count"] for s in self.shards(split)]
@@ -64,21 +68,20 @@ class ShardSet:
 
     @property
     def stats(self) -> Stats:
-        path = os.path.join(self.root, fmt.STATS)
-        if not os.path.isfile(path):
+        path = store.join(self.root, fmt.STATS)
+        if not store.isfile(path):
             raise UserError(f"{path} is missing: run `cli.py stats --shards {self.root}` "
                             "(the training split is needed for statistics)")
-        with open(path) as f:
-            s = json.load(f)
+        s = json.loads(store.read_bytes(path))
         return Stats(mean=np.array(s["mean"]), std=np.array(s["std"]), cov=np.array(s["cov"]),
                      eigval=np.array(s["eigval"]), eigvec=np.array(s["eigvec"]), count=s["count"], pixels=s["pixels"])
 
     def mean_image(self) -> np.ndarray:
         """Per-pixel mean of the training images, float32 HWC on the 0-255 scale (the paper's mean image)."""
-        path = os.path.join(self.root, fmt.MEAN_IMAGE)
-        if not os.path.isfile(path):
+        path = store.join(self.root, fmt.MEAN_IMAGE)
+        if not store.isfile(path):
             raise UserError(f"{path} is missing: shard the training split first")
-        return np.load(path)
+        return store.load_npy(path)
 
 
 def _decode_sample(sample: dict):
@@ -90,11 +93,26 @@ def _decode_sample(sample: dict):
 
 
 def webdataset(root: str, split: str, shuffle: int = 0, **kwargs):
-    """A `webdataset.WebDataset` of `(PIL RGB image, int label)` over one split; kwargs go to WebDataset."""
+    """A `webdataset.WebDataset` of `(PIL RGB image, int label)` over one split; kwargs go to WebDataset
+    (they override its defaults here: shardshuffle=False, empty_check=False). Remote shards stream via fsspec."""
     import webdataset as wds
 
-    urls = ShardSet(root).urls(split)
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False, **kwargs)
+    urls = [_streamable(url) for url in ShardSet(root).urls(split)]
+    dataset = wds.WebDataset(urls, **{"shardshuffle": False, "empty_check": False, **kwargs})
     if shuffle:
         dataset = dataset.shuffle(shuffle)
     return dataset.map(_decode_sample)
+
+
+def _streamable(url: str) -> str:
+    """What webdataset opens: a local path as it is; an object-store URL through a `pipe:` to fsspec's reader (the
+    same credentials and endpoint as everything else, no gsutil or aws CLI; works in spawned DataLoader workers)."""
+    if not store.is_url(url):
+        return url
+    import shlex
+    import sys
+
+    return f"pipe:{shlex.quote(sys.executable)} -c {shlex.quote(_CAT)} {shlex.quote(url)}"
+
+
+_CAT = "import fsspec, shutil, sys; shutil.copyfileobj(fsspec.open(sys.argv[1]).open(), sys.stdout.buffer, 1 << 20)"

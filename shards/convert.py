@@ -1,34 +1,33 @@
 """`cli.py shard`: find inputs -> plan shards -> write them in parallel -> manifest -> statistics.
 
 Resumable: every finished shard leaves a record in OUT/.work/<split>/; a rerun keeps the shards whose
-record, file size and plan still match and redoes the rest. Same inputs + seed -> byte-identical shards.
+record, file size and plan still match and redoes the rest. Same inputs + seed -> byte-identical shards,
+whether a local process pool or a Dask cluster (`--cluster`) runs `writer.build_shard`, and whether SRC and
+OUT are local folders or object-store URLs.
 """
 from __future__ import annotations
 
-import glob
 import json
 import multiprocessing as mp
 import os
 import random
-import shutil
 from dataclasses import asdict, dataclass
 
-import numpy as np
-from tqdm import tqdm
-
+from . import dali_index
 from . import format as fmt
+from . import io as store
 from .errors import UserError
+from .report import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .transform import FILTERS, RESIZE_FILTER
-from .writer import (ShardTask, build_shard, finished_record, init_worker_process, partial_image_path,
-                     write_atomically)
+from .writer import ShardTask, build_shard, finished_records, partial_image_path
 
 
 @dataclass
 class ShardConfig:
-    src: str
-    out: str = "./imagenet-wds"
+    src: str                        # a folder, an ILSVRC tar, or an fsspec URL of either
+    out: str = fmt.DEFAULT_SHARDS   # a folder or an fsspec URL
     split: str | None = None        # None: every split SRC holds
     val_labels: str | None = None
     workers: int = os.cpu_count() or 1
@@ -39,6 +38,7 @@ class ShardConfig:
     resize_filter: str = RESIZE_FILTER
     overwrite: bool = False
     progress: bool = True
+    cluster: str | None = None      # address of a Dask scheduler; None: a local process pool
 
     def params(self) -> dict:
         return {"size": self.size, "quality": self.quality, "resize_filter": self.resize_filter,
@@ -48,6 +48,7 @@ class ShardConfig:
 def convert(cfg: ShardConfig) -> dict:
     """Run the whole offline stage; returns the manifest."""
     _check_config(cfg)
+    cfg.src, cfg.out = store.absolute(cfg.src), store.absolute(cfg.out)  # cluster workers have other cwds
     print(f"shard: {json.dumps(asdict(cfg))}")
     found = find_splits(cfg.src, cfg.split, cfg.val_labels)
     _prepare_out(cfg.out)
@@ -56,10 +57,10 @@ def convert(cfg: ShardConfig) -> dict:
         labels = _labels(items, manifest["classes"], split)
         records = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
         manifest["splits"][split] = _split_entry(records)
-        write_atomically(os.path.join(cfg.out, fmt.MANIFEST), json.dumps(manifest, indent=1) + "\n")
+        store.write_atomically(store.join(cfg.out, fmt.MANIFEST), json.dumps(manifest, indent=1) + "\n")
     if "train" in found:
         _finish_stats(cfg, manifest["splits"]["train"]["shards"])
-    write_atomically(os.path.join(cfg.out, fmt.TIMM_INFO), json.dumps(timm_info(manifest), indent=1) + "\n")
+    store.write_atomically(store.join(cfg.out, fmt.TIMM_INFO), json.dumps(timm_info(manifest), indent=1) + "\n")
     _report(cfg, manifest, found)
     return manifest
 
@@ -76,24 +77,23 @@ def _check_config(cfg: ShardConfig) -> None:
 
 
 def _prepare_out(out: str) -> None:
+    """Fail before any work when OUT cannot be written: a missing bucket, a read-only prefix, no credentials."""
+    probe = store.join(out, ".work", f".probe-{os.getpid()}")
     try:
-        os.makedirs(os.path.join(out, ".work"), exist_ok=True)
-        probe = os.path.join(out, ".work", f".probe-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror}") from None
+        store.makedirs(store.join(out, ".work"))
+        store.write_atomically(probe, b"")
+        store.remove(probe)
+    except OSError as e:  # FileNotFoundError for a missing bucket, PermissionError for a read-only prefix
+        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
 def _start_manifest(cfg: ShardConfig, found: dict[str, list[Item]]) -> dict:
     """Load the existing manifest (a second run adds a split), check parameters and the class list."""
-    params_path = os.path.join(cfg.out, ".work", "params.json")
+    params_path = store.join(cfg.out, ".work", "params.json")
     old = None
-    for path in (os.path.join(cfg.out, fmt.MANIFEST), params_path):
-        if os.path.isfile(path):
-            with open(path) as f:
-                old = json.load(f)
+    for path in (store.join(cfg.out, fmt.MANIFEST), params_path):
+        if store.isfile(path):
+            old = store.read_json(path)
             break
     params = cfg.params()
     if old is not None and (old.get("params") != params or old.get("format_version") != fmt.FORMAT_VERSION):
@@ -109,18 +109,18 @@ def _start_manifest(cfg: ShardConfig, found: dict[str, list[Item]]) -> dict:
     if old is not None and "splits" in old:
         manifest["classes"] = old["classes"]
         manifest["splits"] = {s: v for s, v in old["splits"].items() if s not in found}
-    write_atomically(params_path, json.dumps(manifest))
+    store.write_atomically(params_path, json.dumps(manifest))
     manifest["classes"] = _classes(manifest, found)
     return manifest
 
 
 def _remove_splits(out: str, splits) -> None:
     for split in splits:
-        shutil.rmtree(os.path.join(out, split), ignore_errors=True)
-        shutil.rmtree(os.path.join(out, ".work", split), ignore_errors=True)
+        store.rmtree(store.join(out, split))
+        store.rmtree(store.join(out, ".work", split))
     for name in (fmt.MANIFEST, fmt.STATS, fmt.MEAN_IMAGE, fmt.TIMM_INFO):
-        if os.path.exists(os.path.join(out, name)) and ("train" in splits or name == fmt.MANIFEST):
-            os.remove(os.path.join(out, name))
+        if "train" in splits or name == fmt.MANIFEST:
+            store.remove(store.join(out, name))
 
 
 def _classes(manifest: dict, found: dict[str, list[Item]]) -> list[str]:
@@ -151,14 +151,19 @@ def _labels(items: list[Item], classes: list[str], split: str) -> dict[str, int]
 
 def _order(items: list[Item], split: str, seed: int) -> list[Item]:
     """Unique dot-free keys; training in a seeded random order so every shard mixes classes."""
-    seen: dict[str, int] = {}
+    items = sorted(items, key=lambda it: it.source)
+    stems = {it.key[:80] for it in items}
+    used: set[str] = set()
     unique = []
-    for it in sorted(items, key=lambda it: it.source):
-        key = it.key[:80]
-        if key in seen:  # same stem in two class folders: keep both, never drop one silently
-            seen[key] += 1
-            key = f"{key}_dup{seen[key]}"
-        seen.setdefault(key, 0)
+    for it in items:
+        stem = it.key[:80]
+        key, n = stem, 0
+        # same stem in two class folders: keep both, never drop one silently, and never take a name that a real
+        # file has (x_dup1.JPEG)
+        while key in used or (n and key in stems):
+            n += 1
+            key = f"{stem}_dup{n}"
+        used.add(key)
         unique.append(Item(key, it.wnid, it.source, it.path, it.offset, it.size))
     if split == "train":
         random.Random(seed).shuffle(unique)
@@ -166,19 +171,13 @@ def _order(items: list[Item], split: str, seed: int) -> list[Item]:
 
 
 def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[ShardTask]:
-    folder, work = os.path.join(cfg.out, split), os.path.join(cfg.out, ".work", split)
-    os.makedirs(folder, exist_ok=True)
-    os.makedirs(work, exist_ok=True)
-    _remove_temporaries(folder, work)  # left by a crashed (killed) run
+    folder, work = store.join(cfg.out, split), store.join(cfg.out, ".work", split)
+    store.makedirs(folder)
+    store.makedirs(work)
+    store.remove_temporaries(folder, work)  # left by a crashed (killed) run
     chunks = [items[i: i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     return [ShardTask(split, n, tuple(chunk), tuple(labels[it.source] for it in chunk), folder, work, cfg.size,
                       cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
-
-
-def _remove_temporaries(*folders: str) -> None:
-    for folder in folders:
-        for path in glob.glob(os.path.join(folder, "*.tmp-*")):
-            os.remove(path)
 
 
 _progress = None
@@ -187,7 +186,7 @@ _progress = None
 def _init_worker(counter) -> None:
     global _progress
     _progress = counter
-    init_worker_process()
+    store.init_worker_process()
 
 
 def _run_task(task: ShardTask) -> dict:
@@ -196,8 +195,8 @@ def _run_task(task: ShardTask) -> dict:
 
 def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[dict]:
     tasks = _tasks(cfg, split, items, labels)
-    records = {t.index: finished_record(t) for t in tasks}
-    todo = [t for t in tasks if records[t.index] is None]
+    records = finished_records(tasks)
+    todo = [t for t in tasks if t.index not in records]
     _remove_unplanned(tasks)
     kept = len(tasks) - len(todo)
     if kept:
@@ -212,19 +211,23 @@ def _remove_unplanned(tasks: list[ShardTask]) -> None:
     """Shards of an earlier, larger plan (e.g. files were removed from SRC) must not linger as extras."""
     planned = {t.name for t in tasks}
     folder = tasks[0].folder
-    for path in glob.glob(os.path.join(folder, f"{tasks[0].split}-*.tar")):
-        if os.path.basename(path) not in planned:
-            os.remove(path)
-            if os.path.exists(fmt.index_name(path)):
-                os.remove(fmt.index_name(path))
+    for name in store.list_sizes(folder):
+        if name.startswith(f"{tasks[0].split}-") and name.endswith(".tar") and name not in planned:
+            store.remove(store.join(folder, name))
+            store.remove(store.join(folder, dali_index.index_name(name)))
 
 
 def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]) -> list[dict]:
+    total = sum(len(t.items) for t in todo)
+    bar = progress_bar(total, f"{split} images", "img", enabled=cfg.progress)
+    if cfg.cluster:
+        from .cluster import run_on_cluster
+
+        with bar:
+            return run_on_cluster(cfg.cluster, build_shard, todo, on_done=lambda task: bar.update(len(task.items)))
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
-    total = sum(len(t.items) for t in todo)
     workers = max(1, min(cfg.workers, len(todo)))
-    bar = tqdm(total=total, desc=f"{split} images", unit="img", disable=not cfg.progress, smoothing=0.05)
     try:
         with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
             pending = pool.map_async(_run_task, todo, chunksize=1)
@@ -233,7 +236,7 @@ def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]) -> list[d
                 bar.update(counter.value - bar.n)
             records = pending.get()  # re-raises a worker's exception (e.g. disk full) here
     except BaseException:  # Ctrl-C, disk full, ...: the pool is terminated; remove what it left half-written
-        _remove_temporaries(todo[0].folder, todo[0].work)
+        store.remove_temporaries(todo[0].folder, todo[0].work)
         raise
     finally:
         bar.update(counter.value - bar.n)
@@ -253,18 +256,19 @@ def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
     digest = shards_digest(shards)
     if current_stats(cfg.out, digest):
         return
-    work = os.path.join(cfg.out, ".work", "train")
+    work = store.join(cfg.out, ".work", "train")
     partials = [partial_image_path(work, s["name"]) for s in shards]
-    if not all(os.path.isfile(p) for p in partials):
+    on_disk = store.list_sizes(work)
+    if not all(store.basename(p) in on_disk for p in partials):
         recompute_stats(cfg.out, cfg.workers)
         return
     total = PixelSums.zero(cfg.size, mean_image=True)
     for shard, partial in zip(shards, partials):
-        with open(os.path.join(work, shard["name"] + ".json")) as f:
-            total = total.merge(PixelSums.from_json(json.load(f)["sums"], np.load(partial)))
+        record = store.read_json(store.join(work, shard["name"] + ".json"))
+        total = total.merge(PixelSums.from_json(record["sums"], store.load_npy(partial)))
     write_stats(cfg.out, total, digest)
     for partial in partials:  # 768 KiB each: not worth keeping once merged
-        os.remove(partial)
+        store.remove(partial)
 
 
 def timm_info(manifest: dict) -> dict:
@@ -280,7 +284,7 @@ def timm_info(manifest: dict) -> dict:
 def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:
     for split in found:
         entry = manifest["splits"][split]
-        print(f"{split}: {entry['count']:,} images in {len(entry['shards'])} shards -> {os.path.join(cfg.out, split)}")
+        print(f"{split}: {entry['count']:,} images in {len(entry['shards'])} shards -> {store.join(cfg.out, split)}")
         if entry["skipped"]:
             print(f"{split}: skipped {len(entry['skipped'])} unreadable inputs (listed in {fmt.MANIFEST}):")
             for s in entry["skipped"][:10]:
@@ -288,6 +292,5 @@ def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:
             if len(entry["skipped"]) > 10:
                 print(f"  ... and {len(entry['skipped']) - 10} more")
     if "train" in found:
-        with open(os.path.join(cfg.out, fmt.STATS)) as f:
-            print(format_table(json.load(f)))
-    print(f"manifest: {os.path.join(cfg.out, fmt.MANIFEST)}")
+        print(format_table(store.read_json(store.join(cfg.out, fmt.STATS))))
+    print(f"manifest: {store.join(cfg.out, fmt.MANIFEST)}")

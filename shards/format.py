@@ -1,17 +1,18 @@
-"""The on-disk contract (../shared/DESIGN.md): names, components and the manifest version check.
+"""The on-disk contract (docs/DESIGN.md): names, components and the manifest version check.
 
 Readers (pipelines/, other projects) rely on these names; change them only with FORMAT_VERSION.
 """
 from __future__ import annotations
 
 import json
-import os
 
+from . import io as store
 from .errors import UserError
 
 FORMAT_VERSION = 1
 TOOL_VERSION = "0.1.0"
 SPLITS = ("train", "val")
+DEFAULT_SHARDS = "./imagenet-wds"  # every command's default --shards / --out
 
 MANIFEST = "dataset.json"
 STATS = "stats.json"
@@ -30,21 +31,16 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def index_name(tar_name: str) -> str:
-    return tar_name[: -len(".tar")] + ".idx"
-
-
 def read_manifest(root: str) -> dict:
     """Load OUT/dataset.json and check its format version, with a hint on a missing or foreign file."""
-    path = os.path.join(root, MANIFEST)
-    if not os.path.isfile(path):
-        if not os.path.isdir(root):
+    path = store.join(root, MANIFEST)
+    if not store.isfile(path):
+        if not store.isdir(root):
             raise UserError(f"{root} does not exist: run `cli.py shard --src IMAGENET --out {root}` first")
         raise UserError(f"{root} has no {MANIFEST}: it is not a finished shard directory "
                         f"(run `cli.py shard --src IMAGENET --out {root}`, or rerun it to finish)")
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = json.loads(store.read_bytes(path))
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}): rerun `cli.py shard` into this directory") from None
     version = manifest.get("format_version")

@@ -1,17 +1,20 @@
 """Find the inputs: ImageFolder trees, a flat val folder + labels file, or the original ILSVRC2012 tarballs.
 
 Every input becomes an `Item` that says where its bytes are (a file, or a byte range inside a tar), so
-worker processes read them in parallel and in any order: archives are indexed once (headers only, never
-extracted) and their members read in place.
+workers read them in parallel and in any order: archives are indexed once (headers only, never extracted)
+and their members read in place. SRC is a local path or an fsspec URL (s3://bucket/imagenet): an archive
+member on an object store is one ranged GET, never a download of the whole tarball.
 """
 from __future__ import annotations
 
 import csv
-import os
+import io
+import posixpath
 import re
 import tarfile
 from dataclasses import dataclass
 
+from . import io as store
 from .errors import UserError
 
 # ImageNet's own extensions; anything else in a class folder is still tried (PIL decides what is an image).
@@ -26,33 +29,32 @@ class Item:
     key: str       # sample key in the shards (the source file's stem, dot-free)
     wnid: str
     source: str    # path relative to SRC (inside an archive: archive/member[/member])
-    path: str      # file holding the bytes
+    path: str      # file or object holding the bytes (absolute path or URL)
     offset: int = 0
     size: int = -1  # -1: the whole file
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            if self.size < 0:
-                return f.read()
-            f.seek(self.offset)
-            return f.read(self.size)
+        if self.size < 0:
+            return store.read_bytes(self.path)
+        return store.read_bytes(self.path, self.offset, self.offset + self.size)
 
 
 def find_splits(src: str, split: str | None, val_labels: str | None) -> dict[str, list[Item]]:
     """{split: items} for everything SRC holds (or only `split`). Raises UserError on a wrong SRC."""
-    if not os.path.exists(src):
-        raise UserError(f"--src {src} does not exist")
-    if os.path.isfile(src):
+    src = store.absolute(src)
+    if store.isfile(src):
         return _from_archive(src, split, val_labels)
+    if not store.isdir(src):
+        raise UserError(f"--src {src} does not exist")
     found: dict[str, list[Item]] = {}
     for name in ("train", "val"):
         if split not in (None, name):
             continue
-        folder = os.path.join(src, name)
-        archive = os.path.join(src, f"ILSVRC2012_img_{name}.tar")
-        if os.path.isdir(folder):
+        folder = store.join(src, name)
+        archive = store.join(src, f"ILSVRC2012_img_{name}.tar")
+        if store.isdir(folder):
             found[name] = _from_folder(src, folder, name, val_labels)
-        elif os.path.isfile(archive):
+        elif store.isfile(archive):
             found.update(_from_archive(archive, name, val_labels))
     if not found:
         _explain_empty(src, split)
@@ -60,7 +62,7 @@ def find_splits(src: str, split: str | None, val_labels: str | None) -> dict[str
 
 
 def _explain_empty(src: str, split: str | None) -> None:
-    entries = [e for e in os.listdir(src) if e not in IGNORED_NAMES]
+    entries = [e for e in store.listdir(src) if e not in IGNORED_NAMES]
     wanted = f"'{split}/'" if split else "'train/' or 'val/'"
     if any(WNID.match(e) for e in entries):
         raise UserError(f"--src {src} holds class folders directly: point --src at its parent "
@@ -73,43 +75,44 @@ def _explain_empty(src: str, split: str | None) -> None:
 
 def _stem_key(name: str) -> str:
     """Dot-free key from a file name: 'n01440764_10026.JPEG' -> 'n01440764_10026'."""
-    stem = os.path.basename(name)
+    stem = posixpath.basename(name)
     stem = stem.rsplit(".", 1)[0] if "." in stem else stem
     return re.sub(r"[^A-Za-z0-9_\-]", "_", stem) or "_"
 
 
 def _from_folder(src: str, folder: str, split: str, val_labels: str | None) -> list[Item]:
-    class_dirs = sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
-    files = sorted(e for e in os.listdir(folder)
-                   if os.path.isfile(os.path.join(folder, e)) and e not in IGNORED_NAMES)
+    """One recursive listing (a paged LIST on an object store): `<wnid>/**/file` are class folders' images,
+    top-level files are a flat validation folder's."""
+    listed = [rel for rel in store.list_files(folder) if not any(_ignored(part) for part in rel.split("/"))]
+    in_classes = [rel for rel in listed if "/" in rel]
+    files = sorted(rel for rel in listed if "/" not in rel)
     items: list[Item] = []
-    if class_dirs:
-        for wnid in class_dirs:
-            for root, _, names in os.walk(os.path.join(folder, wnid)):
-                for name in sorted(names):
-                    if name in IGNORED_NAMES or name.startswith("."):
-                        continue
-                    path = os.path.join(root, name)
-                    items.append(Item(_stem_key(name), wnid, os.path.relpath(path, src), path))
+    if in_classes:
+        items = [Item(_stem_key(rel), rel.split("/", 1)[0], f"{split}/{rel}", store.join(folder, *rel.split("/")))
+                 for rel in in_classes]
     elif files and split == "val":
         labels = read_val_labels(_labels_path(src, val_labels))
-        items = [Item(_stem_key(n), None, os.path.join(split, n), os.path.join(folder, n)) for n in files]
-        items = _attach_labels(items, labels, os.path.join(src, split))
+        items = [Item(_stem_key(n), None, f"{split}/{n}", store.join(folder, n)) for n in files]
+        items = _attach_labels(items, labels, store.join(src, split))
     if not items:
         hint = " (a flat val folder needs --val-labels)" if files and split == "train" else ""
         raise UserError(f"no images found in {folder}: expected {folder}/<wnid>/*.JPEG{hint}")
     return sorted(items, key=lambda it: it.source)
 
 
+def _ignored(name: str) -> bool:
+    return name in IGNORED_NAMES or name.startswith(".")
+
+
 def _labels_path(src: str, val_labels: str | None) -> str:
     if val_labels:
-        if not os.path.isfile(val_labels):
+        if not store.isfile(val_labels):
             raise UserError(f"--val-labels {val_labels} does not exist")
         return val_labels
-    for folder in (src, os.path.dirname(os.path.abspath(src))):
+    for folder in (src, store.dirname(src)):
         for name in ("LOC_val_solution.csv", "val_labels.txt"):
-            if os.path.isfile(os.path.join(folder, name)):
-                return os.path.join(folder, name)
+            if store.isfile(store.join(folder, name)):
+                return store.join(folder, name)
     raise UserError("flat validation images need labels: pass --val-labels LOC_val_solution.csv "
                     "(Kaggle) or a file of 'filename wnid' lines")
 
@@ -117,7 +120,7 @@ def _labels_path(src: str, val_labels: str | None) -> str:
 def read_val_labels(path: str) -> dict[str, str]:
     """{key: wnid} from Kaggle's LOC_val_solution.csv or 'filename wnid' lines."""
     labels: dict[str, str] = {}
-    with open(path, newline="") as f:
+    with io.StringIO(store.read_bytes(path).decode("utf-8-sig"), newline="") as f:
         first = f.readline()
         f.seek(0)
         if first.startswith("ImageId"):
@@ -151,13 +154,15 @@ def _attach_labels(items: list[Item], labels: dict[str, str], where: str) -> lis
 
 def _from_archive(path: str, split: str | None, val_labels: str | None) -> dict[str, list[Item]]:
     """Index an uncompressed ILSVRC tar in place: headers only, member bytes are read later by offset."""
-    name = os.path.basename(path)
-    try:
-        tar = tarfile.open(path, "r:")  # uncompressed only: members must be addressable by offset
+    name = store.basename(path)
+    f = store.open(path, "rb")
+    try:  # uncompressed only: members must be addressable by offset; only headers are read here
+        tar = tarfile.open(fileobj=f, mode="r:")
     except tarfile.ReadError:
+        f.close()
         raise UserError(f"{path} is not an uncompressed tar archive (the ILSVRC2012 downloads are plain .tar); "
                         "for a folder of images pass the folder") from None
-    with tar:
+    with f, tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         inner_tars = [m for m in members if m.name.endswith(".tar")]
         is_train = bool(inner_tars) and len(inner_tars) == len(members)
@@ -172,16 +177,16 @@ def _from_archive(path: str, split: str | None, val_labels: str | None) -> dict[
             items = [it for m in inner_tars for it in _inner_tar_items(tar, m, path, name)]
         else:
             items = [Item(_stem_key(m.name), None, f"{name}/{m.name}", path, m.offset_data, m.size)
-                     for m in members if not os.path.basename(m.name).startswith(".")]
-            items = _attach_labels(items, read_val_labels(_labels_path(os.path.dirname(path), val_labels)), path)
+                     for m in members if not _ignored(posixpath.basename(m.name))]
+            items = _attach_labels(items, read_val_labels(_labels_path(store.dirname(path), val_labels)), path)
     if not items:
         raise UserError(f"{path} holds no images")
     return {which: sorted(items, key=lambda it: it.source)}
 
 
 def _inner_tar_items(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, name: str) -> list[Item]:
-    wnid = os.path.basename(member.name)[: -len(".tar")]
+    wnid = posixpath.basename(member.name)[: -len(".tar")]
     with tarfile.open(fileobj=tar.extractfile(member), mode="r:") as inner:
         return [Item(_stem_key(m.name), wnid, f"{name}/{member.name}/{m.name}", path,
                      member.offset_data + m.offset_data, m.size)
-                for m in inner.getmembers() if m.isfile() and not os.path.basename(m.name).startswith(".")]
+                for m in inner.getmembers() if m.isfile() and not _ignored(posixpath.basename(m.name))]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from . import format as fmt
+from . import io as store
 from .errors import UserError
+from .report import progress_bar
 
 
 @dataclass
@@ -106,21 +106,18 @@ def shards_digest(shards: list[dict]) -> str:
 def current_stats(root: str, digest: str) -> dict | None:
     """stats.json if it was computed from exactly these shards (and the mean image is there), else None."""
     try:
-        with open(os.path.join(root, fmt.STATS)) as f:
-            stats = json.load(f)
+        stats = store.read_json(store.join(root, fmt.STATS))
     except (OSError, ValueError):
         return None
-    fresh = stats.get("shards_digest") == digest and os.path.isfile(os.path.join(root, fmt.MEAN_IMAGE))
+    fresh = stats.get("shards_digest") == digest and store.isfile(store.join(root, fmt.MEAN_IMAGE))
     return stats if fresh else None
 
 
 def write_stats(root: str, sums: PixelSums, digest: str) -> dict:
-    from .writer import npy_bytes, write_atomically
-
     stats = {**finalize(sums), "shards_digest": digest}
-    write_atomically(os.path.join(root, fmt.STATS), json.dumps(stats, indent=2) + "\n")
+    store.write_atomically(store.join(root, fmt.STATS), json.dumps(stats, indent=2) + "\n")
     if sums.image_sum is not None:
-        write_atomically(os.path.join(root, fmt.MEAN_IMAGE), npy_bytes(mean_image(sums)))
+        store.write_atomically(store.join(root, fmt.MEAN_IMAGE), store.npy_bytes(mean_image(sums)))
     return stats
 
 
@@ -131,7 +128,7 @@ def shard_pixel_sums(args: tuple[str, int]) -> PixelSums:
 
     path, size = args
     sums = PixelSums.zero(size, mean_image=True)
-    with tarfile.open(path) as tar:
+    with store.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:  # one sequential read
         for member in tar:
             if member.name.endswith("." + fmt.IMAGE_EXT):
                 sums.add(decode_jpeg(tar.extractfile(member).read()))
@@ -148,11 +145,11 @@ def recompute_stats(root: str, workers: int) -> dict:
     size = shard_set.manifest["params"]["size"]
     total = PixelSums.zero(size, mean_image=True)
     tasks = [(url, size) for url in shard_set.urls("train")]
-    from .writer import init_worker_process
-
-    with mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=init_worker_process) as pool:
-        for part in tqdm(pool.imap(shard_pixel_sums, tasks), total=len(tasks), desc="stats", unit="shard"):
+    with mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=store.init_worker_process) as pool, \
+            progress_bar(len(tasks), "stats", "shard") as bar:
+        for part in pool.imap(shard_pixel_sums, tasks):
             total = total.merge(part)
+            bar.update()
     return write_stats(root, total, shards_digest(shard_set.shards("train")))
 
 
@@ -177,7 +174,7 @@ def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
     if "train" not in shard_set.splits:
         raise UserError(f"{root} has no training split: statistics are computed over training images "
                         f"(cli.py shard --src IMAGENET --out {root} --split train)")
-    path = os.path.join(root, fmt.STATS)
+    path = store.join(shard_set.root, fmt.STATS)
     stats = None if recompute else current_stats(root, shards_digest(shard_set.shards("train")))
     if stats is None:  # asked, missing, or computed from other shards than the manifest lists now
         print(f"computing statistics from the decoded training shards of {root} ...")

@@ -1,68 +1,94 @@
-"""`cli.py verify`: every shard against the manifest (size, sha256, samples, DALI index); extras and leftovers."""
+"""`cli.py verify`: every shard against the manifest (size, sha256, samples, DALI index); extras and leftovers.
+
+Each shard is read once, as a stream: the bytes go through sha256 and tarfile's member walk together, so a shard on
+an object store costs one sequential GET. Nothing here imports torch.
+"""
 from __future__ import annotations
 
-import glob
 import hashlib
 import multiprocessing as mp
 import os
 import tarfile
 
-from tqdm import tqdm
-
+from . import dali_index
 from . import format as fmt
+from . import io as store
 from .api import ShardSet
-from .writer import init_worker_process
+from .report import progress_bar
+
+
+class _Hashing:
+    """A read-only file object that feeds everything read through sha256."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.digest.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
 
 
 def check_shard(args: tuple[str, dict]) -> str | None:
     """None when the shard matches its manifest entry, else the reason it does not."""
     path, entry = args
-    if not os.path.isfile(path):
+    try:
+        size = store.size(path)
+    except FileNotFoundError:
         return "missing"
-    size = os.path.getsize(path)
     if size != entry["bytes"]:
         return f"size {size} bytes, manifest says {entry['bytes']} (truncated or altered)"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != entry["sha256"]:
+    images, tar_error = 0, None
+    with store.open(path, "rb") as f:
+        stream = _Hashing(f)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                images = sum(m.name.endswith("." + fmt.IMAGE_EXT) for m in tar)
+        except tarfile.TarError as e:
+            tar_error = e
+        stream.drain()
+    if stream.digest.hexdigest() != entry["sha256"]:
         return "sha256 differs from the manifest (altered)"
-    try:
-        with tarfile.open(path) as tar:
-            images = sum(m.name.endswith("." + fmt.IMAGE_EXT) for m in tar)
-    except tarfile.TarError as e:
-        return f"unreadable tar: {e}"
+    if tar_error is not None:
+        return f"unreadable tar: {tar_error}"
     if images != entry["count"]:
         return f"{images} images, manifest says {entry['count']}"
-    index = fmt.index_name(path)
-    if not os.path.isfile(index):
-        return f"index {os.path.basename(index)} missing (DALI needs it)"
-    with open(index) as f:
-        header = f.readline().split()
-    if header[:1] != ["v1.2"] or header[1:2] != [str(entry["count"])]:
-        return f"index {os.path.basename(index)} does not match the shard ({' '.join(header)})"
+    index = dali_index.index_name(path)
+    try:
+        text = store.read_bytes(index).decode()
+    except FileNotFoundError:
+        return f"index {store.basename(index)} missing (DALI needs it)"
+    problem = dali_index.problem(text, entry["count"], required=fmt.COMPONENTS)
+    if problem:
+        return f"index {store.basename(index)} does not match the shard: {problem}"
     return None
 
 
 def find_problems(root: str, workers: int = os.cpu_count() or 1) -> list[tuple[str, str]]:
     """[(shard path, problem)] over every split of the manifest, plus shards the manifest does not list."""
     shard_set = ShardSet(root)
-    jobs = [(os.path.join(root, split, e["name"]), e) for split in shard_set.splits for e in shard_set.shards(split)]
+    root = shard_set.root
+    jobs = [(url, e) for split in shard_set.splits for url, e in zip(shard_set.urls(split), shard_set.shards(split))]
     problems = []
-    with mp.get_context("fork").Pool(max(1, min(workers, len(jobs))), initializer=init_worker_process) as pool, \
-            tqdm(total=len(jobs), desc="verify", unit="shard") as bar:
+    with mp.get_context("fork").Pool(max(1, min(workers, len(jobs))), initializer=store.init_worker_process) as pool, \
+            progress_bar(len(jobs), "verify", "shard") as bar:
         for (path, _), problem in zip(jobs, pool.imap(check_shard, jobs)):
             bar.update()
             if problem:
                 problems.append((path, problem))
     listed = {path for path, _ in jobs}
     for split in fmt.SPLITS:
-        for path in sorted(glob.glob(os.path.join(root, split, "*.tar"))):
-            if path not in listed:
+        for name in sorted(store.list_sizes(store.join(root, split))):
+            path = store.join(root, split, name)
+            if name.endswith(".tar") and path not in listed:
                 problems.append((path, "extra shard, not in the manifest"))
-        for path in sorted(glob.glob(os.path.join(root, split, "*.tmp-*"))):
-            problems.append((path, "unfinished temporary file from an interrupted run (rerun `cli.py shard`)"))
+            elif ".tmp-" in name:
+                problems.append((path, "unfinished temporary file from an interrupted run (rerun `cli.py shard`)"))
     return problems
 
 
@@ -71,7 +97,7 @@ def verify_command(root: str) -> bool:
     problems = find_problems(root)
     total = sum(len(shard_set.shards(s)) for s in shard_set.splits)
     for path, problem in problems:
-        print(f"BAD {os.path.relpath(path, root)}: {problem}")
+        print(f"BAD {path[len(shard_set.root) + 1:]}: {problem}")
     if problems:
         print(f"{len(problems)} problem(s) in {root}: delete the bad shards and rerun `cli.py shard` with the "
               "same arguments to rewrite them")

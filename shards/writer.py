@@ -1,21 +1,21 @@
 """Write one shard: a reproducible WebDataset tar, its DALI index, and the partial statistics of its pixels.
 
-Runs inside a worker process. A shard is built in memory, written under a temporary name and renamed
-only when whole, so a crash or a full disk never leaves a shard that looks finished.
+Runs inside a worker: a local pool process or a Dask worker, the same function either way. A shard is built in
+memory and written whole (renamed into place on a disk, one PUT to an object store), so a crash or a full disk
+never leaves a shard that looks finished; its record, written last, is the commit marker.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
 import struct
 import tarfile
 from dataclasses import dataclass
 
-import numpy as np
-
+from . import dali_index
 from . import format as fmt
+from . import io as store
 from .sources import Item
 from .stats import PixelSums
 from .transform import BadImage, transform
@@ -29,7 +29,7 @@ class ShardTask:
     index: int
     items: tuple[Item, ...]
     labels: tuple[int, ...]
-    folder: str      # OUT/<split>
+    folder: str      # OUT/<split> (a local path or a URL)
     work: str        # OUT/.work/<split>: per-shard records and partial sums
     size: int
     quality: int
@@ -44,17 +44,6 @@ class ShardTask:
         """Identifies what goes into this shard, so a resumed run only keeps shards of the same plan."""
         text = "\n".join(f"{it.key} {it.source} {label}" for it, label in zip(self.items, self.labels))
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-def init_worker_process() -> None:
-    """Pool initializer: Ctrl-C goes to the parent, which stops the pool and removes half-written files;
-    one image at a time per process (torch's resize), the parallelism comes from the processes."""
-    import signal
-
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
 
 
 def tar_member(name: str, data: bytes) -> tuple[bytes, int]:
@@ -79,43 +68,31 @@ def sample_components(key: str, jpeg: bytes, label: int, meta: dict) -> list[tup
 
 
 class TarBuilder:
-    """Accumulates samples into tar bytes and the matching DALI index lines (format v1.2)."""
+    """Accumulates samples into tar bytes and the matching DALI index."""
 
     def __init__(self):
         self.buf = io.BytesIO()
-        self.index_lines: list[str] = []
+        self.samples: list[list[tuple[str, int, int, str]]] = []
 
     def add(self, key: str, components: list[tuple[str, bytes]]) -> None:
-        fields = []
+        sample = []
         for ext, data in components:
             name = f"{key}.{ext}"
             member, header_len = tar_member(name, data)
-            fields += [ext, str(self.buf.tell() + header_len), str(len(data)), name]
+            sample.append((ext, self.buf.tell() + header_len, len(data), name))
             self.buf.write(member)
-        self.index_lines.append(" ".join(fields))
+        self.samples.append(sample)
 
     def finish(self) -> tuple[bytes, str]:
         self.buf.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
         data = self.buf.getvalue()
         data += b"\0" * (-len(data) % tarfile.RECORDSIZE)  # as tarfile and GNU tar pad
-        index = f"v1.2 {len(self.index_lines)}\n" + "".join(line + "\n" for line in self.index_lines)
-        return data, index
-
-
-def write_atomically(path: str, data: bytes | str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        return data, dali_index.format_index(self.samples)
 
 
 def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
+    store.init_worker_process()  # idempotent: a Dask worker runs no pool initializer
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
     for item, label in zip(task.items, task.labels):
         try:
@@ -133,40 +110,38 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     count = len(task.items) - len(skipped)
     record = {"name": task.name, "count": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "skipped": skipped, "plan": task.plan_digest(), "sums": sums.to_json()}
-    tar_path = os.path.join(task.folder, task.name)
+    tar_path = store.join(task.folder, task.name)
     if task.mean_image:  # the bulky side file first: a full disk then stops us before the shard appears
-        write_atomically(partial_image_path(task.work, task.name), npy_bytes(sums.image_sum))
-    write_atomically(fmt.index_name(tar_path), index)
-    write_atomically(tar_path, data)  # whole or absent: renamed into place only when complete
+        store.write_atomically(partial_image_path(task.work, task.name), store.npy_bytes(sums.image_sum))
+    store.write_atomically(dali_index.index_name(tar_path), index)
+    store.write_atomically(tar_path, data)  # whole or absent
     # the record is the commit marker: written last; a shard without one is redone by the next run
-    write_atomically(record_path(task.work, task.name), json.dumps(record))
+    store.write_atomically(record_path(task.work, task.name), json.dumps(record))
     return record
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    """.npy file content; written with write_atomically (np.save hides the errno of a full disk)."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
 def record_path(work: str, name: str) -> str:
-    return os.path.join(work, name + ".json")
+    return store.join(work, name + ".json")
 
 
 def partial_image_path(work: str, name: str) -> str:
-    return os.path.join(work, name + ".sum.npy")
+    return store.join(work, name + ".sum.npy")
 
 
-def finished_record(task: ShardTask) -> dict | None:
-    """The record of a shard a previous run finished with the same plan, if its files are still whole."""
-    try:
-        with open(record_path(task.work, task.name)) as f:
-            record = json.load(f)
-        tar_path = os.path.join(task.folder, task.name)
-        if (record.get("plan") == task.plan_digest() and os.path.getsize(tar_path) == record["bytes"]
-                and os.path.isfile(fmt.index_name(tar_path))):
-            return record
-    except (OSError, ValueError, KeyError):
-        pass
-    return None
+def finished_records(tasks: list[ShardTask]) -> dict[int, dict]:
+    """{task index: record} of the shards a previous run finished with the same plan whose files are still whole.
+    One listing and one batch of reads, however many shards (resuming against an object store)."""
+    if not tasks:
+        return {}
+    records = store.read_many([record_path(t.work, t.name) for t in tasks])
+    files = store.list_sizes(tasks[0].folder)
+    finished = {}
+    for task in tasks:
+        try:
+            record = json.loads(records[record_path(task.work, task.name)])
+            if (record.get("plan") == task.plan_digest() and files.get(task.name) == record["bytes"]
+                    and dali_index.index_name(task.name) in files):
+                finished[task.index] = record
+        except (KeyError, ValueError):
+            pass
+    return finished

@@ -207,7 +207,7 @@ def test_missing_index_names_the_shard(shard_copy):
 
 
 @pytest.mark.parametrize("damage,message", [("drop", "has no .lbl component"),
-                                            ("int64", "has a .lbl of 8 bytes, not one 4-byte int32")])
+                                            ("int64", "has a .lbl of 8 bytes, not 4")])
 def test_index_without_int32_label_names_the_sample(shard_copy, damage, message):
     index = os.path.join(shard_copy, "val", "val-000001.idx")
     with open(index) as f:

@@ -1,0 +1,71 @@
+"""`cli.py shard --cluster ADDRESS`: the same shard tasks as the local pool, run by a Dask cluster.
+
+One Dask task = one output shard = one call of `writer.build_shard`, the function the local pool runs. Workers
+write the shards themselves (to OUT: a shared filesystem or an object store) and return only the shard's record
+(counts, sha256, pixel sums); the driver plans, submits what is not finished yet and writes the manifest.
+
+Failures: a worker that dies mid-task is replaced by Dask, which runs the task again elsewhere (the output is
+deterministic, so unchanged). A driver that dies or is interrupted leaves every committed shard in place for the
+rerun. SRC and OUT must be reachable under the same name from every worker.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .errors import UserError
+
+CONNECT_TIMEOUT = "10s"
+WORKER_WAIT_S = 60
+
+
+def connect(address: str):
+    """A Dask client of the scheduler at `address`; one line saying what to do when it cannot be reached."""
+    try:
+        from distributed import Client
+    except ModuleNotFoundError:
+        raise UserError("--cluster needs Dask: `pip install 'dask[distributed]==2026.8.0'` "
+                        "(make test / make demo install it)") from None
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise UserError(f"cannot reach the Dask scheduler at {address} ({e.__class__.__name__}): start one with "
+                        f"`dask scheduler` and pass its address (tcp://HOST:8786), or check the address") from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (OSError, TimeoutError):
+        client.close()
+        raise UserError(f"no Dask worker joined the scheduler at {address} within {WORKER_WAIT_S} s: start "
+                        f"`dask worker {address} --nthreads 1` on each node (see README, 'On a cluster')") from None
+    return client
+
+
+def check_workers(client, address: str) -> None:
+    """Every worker can import this project (same checkout or installed package) and its image libraries."""
+    results = client.run(exec, "import shards.writer", on_error="return")
+    broken = {worker: error for worker, error in results.items() if isinstance(error, BaseException)}
+    if broken:
+        worker, error = sorted(broken.items())[0]
+        raise UserError(f"{len(broken)} of {len(results)} Dask workers cannot import this project (first: {worker}: "
+                        f"{error.__class__.__name__}: {error}): start them with the project's .venv and "
+                        "PYTHONPATH=/path/to/checkout, or `pip install /path/to/checkout` in their environment")
+
+
+def run_on_cluster(address: str, fn: Callable, tasks: list, on_done: Callable) -> list:
+    """[fn(task) for task in tasks] computed on the cluster, in the order of `tasks`; on_done(task) as each ends."""
+    from distributed import as_completed
+
+    client = connect(address)
+    futures = []
+    try:
+        check_workers(client, address)
+        futures = [client.submit(fn, task, pure=False) for task in tasks]
+        task_of = {future.key: task for future, task in zip(futures, tasks)}
+        results = {}
+        for future in as_completed(futures):
+            results[future.key] = future.result()  # re-raises a task's exception (e.g. a full disk) here
+            on_done(task_of[future.key])
+        return [results[future.key] for future in futures]
+    finally:  # also on Ctrl-C: nothing more is started; running tasks finish and commit their shards
+        if futures:
+            client.cancel(futures)
+        client.close()
