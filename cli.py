@@ -15,9 +15,12 @@ import click
 
 from shards.errors import UserError
 
-DEFAULT_SHARDS = "./imagenet-wds"
+from shards.format import DEFAULT_SHARDS
+
 MISSING_HINTS = {"nvidia": "nvidia-dali-cuda120", "torch": "torch", "webdataset": "webdataset",
-                 "simplejpeg": "simplejpeg", "matplotlib": "matplotlib", "skimage": "scikit-image"}
+                 "simplejpeg": "simplejpeg", "matplotlib": "matplotlib", "skimage": "scikit-image",
+                 "distributed": "'dask[distributed]==2026.8.0'", "s3fs": "s3fs==2026.9.0", "gcsfs": "gcsfs==2026.9.0"}
+CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 
 
 def user_errors(fn):
@@ -45,7 +48,17 @@ def user_errors(fn):
                 click.echo(f"error: no space left for {e.filename or 'the output'} ({e.strerror}): free space and "
                            "rerun the same command; finished work is kept, half-written files were removed", err=True)
                 sys.exit(2)
+            if isinstance(e, PermissionError):  # an object store's AccessDenied arrives as this
+                click.echo(f"error: permission denied: {e}: check that the credentials may read/write there", err=True)
+                sys.exit(2)
             raise
+        except Exception as e:
+            if type(e).__name__ not in CREDENTIAL_ERRORS:
+                raise
+            click.echo(f"error: no credentials for the object store ({e}): set AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (S3; AWS_ENDPOINT_URL for MinIO/Ceph), or "
+                       "GOOGLE_APPLICATION_CREDENTIALS (GCS)", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -57,8 +70,9 @@ def main():
 
 # ----------------------------------------------------------------------------------------------- shards
 @main.command()
-@click.option("--src", required=True, help="ImageNet folder (train/ and/or val/) or an ILSVRC2012 *.tar archive.")
-@click.option("--out", default=DEFAULT_SHARDS, show_default=True, help="Shard directory to write.")
+@click.option("--src", required=True, help="ImageNet folder (train/ and/or val/) or an ILSVRC2012 *.tar archive; "
+              "a path or a URL (s3://, gs://).")
+@click.option("--out", default=DEFAULT_SHARDS, show_default=True, help="Shard directory to write (a path or a URL).")
 @click.option("--split", type=click.Choice(["train", "val"]), default=None, help="Only this split (archives: which one).")
 @click.option("--val-labels", type=click.Path(), default=None,
               help="Labels for a flat val folder/tar: LOC_val_solution.csv or 'filename wnid' lines.")
@@ -68,14 +82,14 @@ def main():
 @click.option("--size", type=int, default=256, show_default=True, help="Output side (shorter side resize + centre crop).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training shuffle.")
 @click.option("--overwrite", is_flag=True, help="Redo a split written with different parameters.")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run on the Dask scheduler at ADDRESS (tcp://HOST:8786) instead of local processes.")
 @user_errors
-def shard(src, out, split, val_labels, workers, shard_size, quality, size, seed, overwrite):
+def shard(workers, **options):
     """Convert raw ImageNet into 256x256 WebDataset shards with manifest, index files and statistics."""
     from shards.convert import ShardConfig, convert
 
-    cfg = ShardConfig(src=src, out=out, split=split, val_labels=val_labels, workers=workers or os.cpu_count(),
-                      shard_size=shard_size, quality=quality, size=size, seed=seed, overwrite=overwrite)
-    convert(cfg)
+    convert(ShardConfig(workers=workers or os.cpu_count(), **options))
 
 
 @main.command()
@@ -99,6 +113,18 @@ def verify(shards_dir):
 
     if not verify_command(shards_dir):
         sys.exit(1)
+
+
+@main.command()
+@click.option("--shards", "shards_dir", required=True, help="Shard directory to copy (usually a URL: s3://...).")
+@click.option("--to", "to", required=True, type=click.Path(), help="Local directory (e.g. on NVMe).")
+@click.option("--workers", type=int, default=16, show_default=True, help="Parallel downloads.")
+@user_errors
+def stage(shards_dir, to, workers):
+    """Copy a shard directory to local disk: parallel, resumable, sha256-checked; the result passes verify."""
+    from shards.stage import stage as run
+
+    run(shards_dir, to, workers=workers)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -202,13 +228,15 @@ def bench():
 @click.option("--src", default=None, help="Image folder (default: build the embedded sample).")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--limit", type=int, default=800, show_default=True, help="Images to convert.")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Compare the Dask cluster at ADDRESS against the local pool (instead of the naive loop).")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the result as JSON.")
 @user_errors
-def bench_shard(src, workers, limit, json_out):
-    """Images/s of `shard` against a plain one-process PIL loop over the same images."""
+def bench_shard(src, workers, limit, cluster, json_out):
+    """Images/s of `shard` against a plain one-process PIL loop (or, with --cluster, the local pool)."""
     from shards.bench import bench_shard as run
 
-    run(src, workers=workers or os.cpu_count(), limit=limit, json_out=json_out)
+    run(src, workers=workers or os.cpu_count(), limit=limit, json_out=json_out, cluster=cluster)
 
 
 @bench.command(name="loader")

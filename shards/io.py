@@ -53,8 +53,8 @@ def filesystem(url: str):
     import fsspec
 
     protocol = url.split("://", 1)[0]
-    try:
-        return fsspec.core.url_to_fs(url)
+    try:  # no listings cache: other processes (workers, other nodes) write here too
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError:
         package = PROTOCOL_PACKAGES.get(protocol, f"the fsspec implementation of {protocol}://")
         raise UserError(f"{url}: {protocol}:// needs {package.split('==')[0]}: `pip install {package}` "

@@ -35,3 +35,40 @@ def sample_shards(sample_tree, tmp_path_factory) -> str:
     out = os.path.join(str(tmp_path_factory.mktemp("wds")), "imagenet-wds")
     convert(ShardConfig(src=sample_tree, out=out, shard_size=SAMPLE_SHARD_SIZE, workers=2, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto_server) on a free loopback port, for the whole session."""
+    from servers import start_moto, stop
+
+    proc, endpoint = start_moto()
+    yield endpoint
+    stop(proc)
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, request):
+    """The standard AWS environment pointing at the local server, and a fresh bucket: returns 's3://BUCKET'."""
+    import re
+
+    import fsspec
+
+    from servers import s3_env
+
+    for key, value in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(key, value)
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid()}"
+    fs = fsspec.filesystem("s3", use_listings_cache=False)
+    fs.mkdir(bucket)
+    return f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A Dask scheduler and two single-thread workers as subprocesses on 127.0.0.1."""
+    from servers import DaskCluster
+
+    cluster = DaskCluster(workers=2)
+    yield cluster
+    cluster.close()
