@@ -39,8 +39,15 @@ def connect(address: str):
     return client
 
 
-def check_workers(client, address: str) -> None:
-    """Every worker can import this project (same checkout or installed package) and its image libraries."""
+def check_environment(client, address: str) -> None:
+    """The scheduler (it unpickles the tasks) and every worker can import this project: the same checkout or
+    installed package, with its image libraries."""
+    try:
+        client.run_on_scheduler(exec, "import shards.writer")
+    except Exception as e:  # noqa: BLE001 - whatever the import raised there, the remedy is the same
+        raise UserError(f"the Dask scheduler at {address} cannot import this project ({e.__class__.__name__}: {e}): "
+                        "start `dask scheduler` with the project's .venv and PYTHONPATH=/path/to/checkout, or "
+                        "`pip install /path/to/checkout` in its environment") from None
     results = client.run(exec, "import shards.writer", on_error="return")
     broken = {worker: error for worker, error in results.items() if isinstance(error, BaseException)}
     if broken:
@@ -57,11 +64,11 @@ def run_on_cluster(address: str, fn: Callable, tasks: list, on_done: Callable) -
     client = connect(address)
     futures = []
     try:
-        check_workers(client, address)
+        check_environment(client, address)
         futures = [client.submit(fn, task, pure=False) for task in tasks]
         task_of = {future.key: task for future, task in zip(futures, tasks)}
         results = {}
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             results[future.key] = future.result()  # re-raises a task's exception (e.g. a full disk) here
             on_done(task_of[future.key])
         return [results[future.key] for future in futures]

@@ -238,5 +238,10 @@ def init_worker_process() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_thread()
+
+
+def one_thread() -> None:
+    """One image at a time per process: torch's resize would otherwise start a thread per core in each worker."""
     if "torch" in sys.modules:  # verify and stats never import it
         sys.modules["torch"].set_num_threads(1)

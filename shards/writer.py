@@ -92,7 +92,7 @@ class TarBuilder:
 
 def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
-    store.init_worker_process()  # idempotent: a Dask worker runs no pool initializer
+    store.one_thread()  # a Dask worker runs no pool initializer
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
     for item, label in zip(task.items, task.labels):
         try:

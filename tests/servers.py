@@ -67,13 +67,14 @@ def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
 
 
 class DaskCluster:
-    """`dask scheduler` and `dask worker ADDR --nthreads 1` processes, workers importing the project via PYTHONPATH."""
+    """`dask scheduler` and `dask worker ADDR --nthreads 1` processes importing the project via PYTHONPATH (the
+    scheduler unpickles the tasks, so it needs the project too)."""
 
     def __init__(self, workers: int = 2, worker_env: dict | None = None, worker_cwd: str = ROOT):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.scheduler = start([os.path.join(BIN, "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                str(self.port), "--no-dashboard"])
+                                str(self.port), "--no-dashboard"], env={"PYTHONPATH": ROOT})
         wait_for_port(self.port, self.scheduler)
         self.worker_env = {"PYTHONPATH": ROOT, **(worker_env or {})}
         self.worker_cwd = worker_cwd
