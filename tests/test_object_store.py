@@ -1,6 +1,5 @@
 """Sources and shards on object storage, against a real S3-compatible server (moto_server) on 127.0.0.1."""
 import os
-import shutil
 import subprocess
 import sys
 
