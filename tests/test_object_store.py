@@ -185,3 +185,32 @@ def test_s3_url_without_s3fs_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{blocked}:{ROOT}"}
     line = one_line_error(["verify", "--shards", "s3://some-bucket/wds"], env)
     assert "s3:// needs s3fs" in line and "pip install s3fs==2026.9.0" in line
+
+
+def test_out_on_a_read_only_prefix_is_one_line(sample_tree):
+    """A server that enforces IAM after its first 4 requests: a user who may read the bucket but write only rw/."""
+    import json
+
+    import boto3
+
+    from servers import start_moto, stop
+
+    proc, endpoint = start_moto(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
+    try:
+        admin = {**os.environ, **s3_env(endpoint)}
+        session = boto3.session.Session(aws_access_key_id="admin", aws_secret_access_key="admin",
+                                        region_name="us-east-1")
+        session.client("s3", endpoint_url=endpoint).create_bucket(Bucket="corp-shards")
+        iam = session.client("iam", endpoint_url=endpoint)
+        iam.create_user(UserName="reader")
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:*"],
+             "Resource": ["arn:aws:s3:::corp-shards", "arn:aws:s3:::corp-shards/rw/*"]},
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": ["arn:aws:s3:::corp-shards/*"]}]}
+        iam.put_user_policy(UserName="reader", PolicyName="read-only-but-rw", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        env = {**admin, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        line = one_line_error(["shard", "--src", sample_tree, "--out", "s3://corp-shards/ro/wds"], env)
+    finally:
+        stop(proc)
+    assert line == "error: cannot write to --out s3://corp-shards/ro/wds: Access Denied"
