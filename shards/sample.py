@@ -31,7 +31,7 @@ def photo_path(package: str, relative: str) -> str:
     """Path of a data file inside an installed package, without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package} is not installed (pip install -r requirements.txt)")
+        raise ModuleNotFoundError(f"No module named {package!r}", name=package)  # cli.py names the package
     return os.path.join(list(spec.submodule_search_locations)[0], relative)
 
 

@@ -14,9 +14,22 @@ def invoke(*args):
 
 def assert_one_line_error(result, words, code=2):
     assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # an escaped exception is not
+    assert "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and words in errors[0], result.output
+
+
+def test_the_one_line_check_fails_on_a_printed_traceback():
+    import click
+
+    @click.command()
+    def noisy():
+        click.echo("Traceback (most recent call last):\nerror: something")
+        raise SystemExit(2)
+
+    with pytest.raises(AssertionError):
+        assert_one_line_error(CliRunner().invoke(noisy, []), "something")
 
 
 def test_help_lists_every_command():
@@ -118,6 +131,23 @@ def test_missing_dali_install_is_one_clear_line(sample_shards, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: nvidia.dali is not installed: run `make test` or `make demo` once (they set up .venv), "
         "or `pip install nvidia-dali-cuda120`"]
+
+
+def test_sample_photos_missing_is_one_clear_line(tmp_path):
+    """demo and bench shard need the photographs inside scikit-image: without it, the fix, not a traceback."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import importlib.util, sys; find = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda name, *a: None if name == 'skimage' else find(name, *a); "
+            "import cli; cli.main()")
+    result = subprocess.run([sys.executable, "-c", code, "bench", "shard", "--limit", "8"], cwd=root,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: skimage is not installed: run `make test` or `make demo` once (they set up .venv), "
+        "or `pip install scikit-image`"]
 
 
 def test_bench_shard_reports_both_rates_on_the_same_images(tmp_path):
