@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import shutil
+import socket
 import sys
 
 import numpy as np
@@ -202,7 +203,7 @@ def write_atomically(path: str, data: bytes | str) -> None:
         fs, p = filesystem(path)
         fs.pipe_file(p, data)
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique across the nodes of a cluster
     try:
         with builtins.open(tmp, "wb") as f:
             f.write(data)

@@ -82,3 +82,25 @@ def test_workers_that_cannot_import_the_project_is_one_line(sample_tree, tmp_pat
         cluster.close()
     assert "1 of 1 Dask workers cannot import this project" in line and "PYTHONPATH" in line
     assert not (tmp_path / "wds" / "train").exists() or os.listdir(tmp_path / "wds" / "train") == []
+
+
+def test_interrupted_driver_keeps_committed_shards(sample_tree, sample_shards, dask_cluster, tmp_path):
+    out = tmp_path / "wds"
+    proc = subprocess.Popen([sys.executable, "cli.py", "shard", "--src", sample_tree, "--out", str(out),
+                             "--shard-size", "40", "--cluster", dask_cluster.address], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    work = out / ".work" / "train"
+    deadline = time.monotonic() + 300
+    while not (work.is_dir() and any(n.endswith(".tar.json") for n in os.listdir(work))):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the driver's terminal (the workers run elsewhere)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    committed = len([n for n in os.listdir(work) if n.endswith(".tar.json")])
+    rerun = shard_cli(sample_tree, out, "--cluster", dask_cluster.address)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"train: {committed} of 5 shards already finished" in rerun.stdout or committed == 5
+    assert local_files(out) == local_files(sample_shards)

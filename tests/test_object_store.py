@@ -214,3 +214,16 @@ def test_out_on_a_read_only_prefix_is_one_line(sample_tree):
     finally:
         stop(proc)
     assert line == "error: cannot write to --out s3://corp-shards/ro/wds: Access Denied"
+
+
+def test_stats_recompute_and_preview_read_s3(sample_shards, s3, tmp_path):
+    out = f"{s3}/wds"
+    upload(sample_shards, out)
+    result = CliRunner().invoke(cli.main, ["stats", "--shards", out, "--recompute", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "training images: 192" in result.output and f"written to {out}/stats.json" in result.output
+    recomputed = shards.open(out).stats
+    assert abs(recomputed.mean - shards.open(sample_shards).stats.mean).max() < 1e-9
+    result = CliRunner().invoke(cli.main, ["preview", "--shards", out, "--out", str(tmp_path / "p.png"), "--n", "8"])
+    assert result.exit_code == 0, result.output
+    assert os.path.getsize(tmp_path / "p.png") > 10_000
