@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-run
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -ra
+
+# the edit-test loop: everything but the tests marked slow (subprocesses, gloo, servers, tmpfs, HF); under a minute
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: $(VENV)/.installed
 	$(PY) cli.py bench shard

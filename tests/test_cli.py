@@ -95,6 +95,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)])
 
 
+@pytest.mark.slow
 def test_disk_full_mid_run_is_one_line_and_leaves_no_half_shard(sample_tree, tiny_disk):
     import subprocess
 
@@ -118,6 +119,7 @@ def test_disk_full_mid_run_is_one_line_and_leaves_no_half_shard(sample_tree, tin
     assert invoke("verify", "--shards", str(out)).exit_code == 0
 
 
+@pytest.mark.slow
 def test_missing_dali_install_is_one_clear_line(sample_shards, tmp_path):
     """As on a machine where DALI was never installed: the import fails, the user gets the fix, not a traceback."""
     import subprocess
@@ -133,6 +135,7 @@ def test_missing_dali_install_is_one_clear_line(sample_shards, tmp_path):
         "or `pip install nvidia-dali-cuda120`"]
 
 
+@pytest.mark.slow
 def test_sample_photos_missing_is_one_clear_line(tmp_path):
     """demo and bench shard need the photographs inside scikit-image: without it, the fix, not a traceback."""
     import subprocess

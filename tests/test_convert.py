@@ -162,6 +162,7 @@ def start_shard_command(src, out, workers):
     return cmd, proc
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(sample_tree, sample_shards, tmp_path):
     """A real interruption: SIGKILL the shard command mid-run, rerun it, get exactly the uninterrupted result."""
     out = tmp_path / "killed"
@@ -185,6 +186,7 @@ def test_shards_written_by_workers_never_look_finished_until_renamed(sample_shar
                                                                        if n.endswith(".tar"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(sample_tree, sample_shards, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): exit 130, one line, no half shard."""
     out = tmp_path / "interrupted"

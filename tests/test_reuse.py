@@ -79,6 +79,7 @@ def test_timm_info_json(sample_shards):
                 assert sum(m.name.endswith(".cls") for m in tar) == length
 
 
+@pytest.mark.slow
 def test_hugging_face_datasets_webdataset_loader(sample_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # before the import: datasets reads it once
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -45,6 +45,7 @@ def assert_matches_numpy(stats, images):
         assert abs(float(stats.eigvec[:, i] @ eigvec[:, i])) >= 0.999
 
 
+@pytest.mark.slow
 def test_stats_written_while_sharding_match_numpy_over_decoded_pixels(sample_shards):
     images = decoded_training_pixels(sample_shards)
     ds = shards.open(sample_shards)
