@@ -64,13 +64,6 @@ def filesystem(url: str):
         raise UserError(f"{url}: {e}") from None
 
 
-def exists(path: str) -> bool:
-    if not is_url(path):
-        return os.path.exists(path)
-    fs, p = filesystem(path)
-    return fs.exists(p)
-
-
 def isfile(path: str) -> bool:
     if not is_url(path):
         return os.path.isfile(path)
@@ -163,13 +156,6 @@ def listdir(folder: str) -> list[str]:
         return os.listdir(folder)
     fs, p = filesystem(folder)
     return [posixpath.basename(name.rstrip("/")) for name in fs.ls(p, detail=False)]
-
-
-def glob(pattern: str) -> list[str]:
-    if not is_url(pattern):
-        return sorted(globlib.glob(pattern))
-    fs, p = filesystem(pattern)
-    return sorted(fs.unstrip_protocol(name) for name in fs.glob(p))
 
 
 def makedirs(path: str) -> None:
