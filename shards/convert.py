@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import format as fmt
+from .classnames import attach_class_names
 from .errors import UserError
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
@@ -52,6 +53,7 @@ def convert(cfg: ShardConfig) -> dict:
     found = find_splits(cfg.src, cfg.split, cfg.val_labels)
     _prepare_out(cfg.out)
     manifest = _start_manifest(cfg, found)
+    attach_class_names(manifest, cfg.src)  # issue 10: a human-readable name per class
     for split, items in found.items():
         labels = _labels(items, manifest["classes"], split)
         records = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
