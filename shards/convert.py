@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import format as fmt
 from .classnames import attach_class_names
+from .layout import chunk, load_sum
 from .errors import UserError
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
@@ -33,7 +34,7 @@ class ShardConfig:
     split: str | None = None        # None: every split SRC holds
     val_labels: str | None = None
     workers: int = os.cpu_count() or 1
-    shard_size: int = 1000          # 1,281,167 training images -> 1282 shards
+    shard_size: int | None = None   # None: auto (layout.chunk): <= 1000 per shard, >= min(64, n // 16) shards
     quality: int = 90               # JPEG quality of the 256x256 images
     size: int = 256                 # Sec. 2: "down-sampled the images to a fixed resolution of 256 x 256"
     seed: int = 0                   # training shuffle
@@ -67,7 +68,7 @@ def convert(cfg: ShardConfig) -> dict:
 
 
 def _check_config(cfg: ShardConfig) -> None:
-    if cfg.shard_size < 1:
+    if cfg.shard_size is not None and cfg.shard_size < 1:
         raise UserError("--shard-size must be at least 1")
     if cfg.workers < 1:
         raise UserError("--workers must be at least 1")
@@ -172,7 +173,7 @@ def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, in
     os.makedirs(folder, exist_ok=True)
     os.makedirs(work, exist_ok=True)
     _remove_temporaries(folder, work)  # left by a crashed (killed) run
-    chunks = [items[i: i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    chunks = chunk(items, cfg.shard_size)  # issue 10: default sizes every reader can split
     return [ShardTask(split, n, tuple(chunk), tuple(labels[it.source] for it in chunk), folder, work, cfg.size,
                       cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
 
@@ -263,7 +264,7 @@ def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
     total = PixelSums.zero(cfg.size, mean_image=True)
     for shard, partial in zip(shards, partials):
         with open(os.path.join(work, shard["name"] + ".json")) as f:
-            total = total.merge(PixelSums.from_json(json.load(f)["sums"], np.load(partial)))
+            total = total.merge(PixelSums.from_json(json.load(f)["sums"], load_sum(partial)))
     write_stats(cfg.out, total, digest)
     for partial in partials:  # 768 KiB each: not worth keeping once merged
         os.remove(partial)

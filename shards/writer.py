@@ -17,6 +17,7 @@ import numpy as np
 
 from . import format as fmt
 from .sources import Item
+from .layout import compact_sum_bytes
 from .stats import PixelSums
 from .transform import BadImage, transform
 
@@ -135,7 +136,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
               "skipped": skipped, "plan": task.plan_digest(), "sums": sums.to_json()}
     tar_path = os.path.join(task.folder, task.name)
     if task.mean_image:  # the bulky side file first: a full disk then stops us before the shard appears
-        write_atomically(partial_image_path(task.work, task.name), npy_bytes(sums.image_sum))
+        write_atomically(partial_image_path(task.work, task.name), compact_sum_bytes(sums.image_sum))
     write_atomically(fmt.index_name(tar_path), index)
     write_atomically(tar_path, data)  # whole or absent: renamed into place only when complete
     # the record is the commit marker: written last; a shard without one is redone by the next run
@@ -155,7 +156,7 @@ def record_path(work: str, name: str) -> str:
 
 
 def partial_image_path(work: str, name: str) -> str:
-    return os.path.join(work, name + ".sum.npy")
+    return os.path.join(work, name + ".sum.npz")  # layout.compact_sum_bytes
 
 
 def finished_record(task: ShardTask) -> dict | None:

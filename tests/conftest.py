@@ -35,3 +35,11 @@ def sample_shards(sample_tree, tmp_path_factory) -> str:
     out = os.path.join(str(tmp_path_factory.mktemp("wds")), "imagenet-wds")
     convert(ShardConfig(src=sample_tree, out=out, shard_size=SAMPLE_SHARD_SIZE, workers=2, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def default_shards(sample_tree, tmp_path_factory) -> str:
+    """`sample_tree` sharded with the default shard sizes (no --shard-size): read-only for tests."""
+    out = os.path.join(str(tmp_path_factory.mktemp("wds-default")), "imagenet-wds")
+    convert(ShardConfig(src=sample_tree, out=out, workers=2, progress=False))
+    return out
