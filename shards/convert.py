@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import format as fmt
+from .card import finish_run
 from .classnames import attach_class_names
 from .layout import chunk, load_sum
 from .errors import UserError
@@ -64,6 +65,7 @@ def convert(cfg: ShardConfig) -> dict:
         _finish_stats(cfg, manifest["splits"]["train"]["shards"])
     write_atomically(os.path.join(cfg.out, fmt.TIMM_INFO), json.dumps(timm_info(manifest), indent=1) + "\n")
     _report(cfg, manifest, found)
+    finish_run(cfg.out, manifest)  # issue 10: duplicate report into the manifest, README.md dataset card
     return manifest
 
 

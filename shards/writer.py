@@ -17,6 +17,7 @@ import numpy as np
 
 from . import format as fmt
 from .sources import Item
+from .imagehash import image_hashes
 from .layout import compact_sum_bytes
 from .stats import PixelSums
 from .transform import BadImage, transform
@@ -118,6 +119,7 @@ def write_atomically(path: str, data: bytes | str) -> None:
 def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
+    fingerprints = []  # issue 10: [key, digest, phash] per sample, for the duplicate report (duplicates.py)
     for item, label in zip(task.items, task.labels):
         try:
             jpeg, pixels, (width, height) = transform(item.read(), task.size, task.quality, task.resample)
@@ -125,6 +127,8 @@ def build_shard(task: ShardTask, progress=None) -> dict:
             skipped.append({"path": item.source, "reason": str(e)})
         else:
             meta = {"wnid": item.wnid, "source": item.source, "width": width, "height": height}
+            meta.update(image_hashes(jpeg, pixels))  # issue 10: "digest", "phash"
+            fingerprints.append([item.key, meta["digest"], meta["phash"]])
             builder.add(item.key, sample_components(item.key, jpeg, label, meta))
             sums.add(pixels)
         if progress is not None:
@@ -134,6 +138,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     count = len(task.items) - len(skipped)
     record = {"name": task.name, "count": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "skipped": skipped, "plan": task.plan_digest(), "sums": sums.to_json()}
+    record["fingerprints"] = fingerprints  # issue 10
     tar_path = os.path.join(task.folder, task.name)
     if task.mean_image:  # the bulky side file first: a full disk then stops us before the shard appears
         write_atomically(partial_image_path(task.work, task.name), compact_sum_bytes(sums.image_sum))
