@@ -82,19 +82,40 @@ def components(i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
 
 def find_groups(ids: list[str], digests: list[str], phashes: list[str], threshold: int = THRESHOLD) -> list[dict]:
     """Duplicate groups among samples named "split/KEY" (train vs train, val vs train)."""
+    return match(ids, digests, phashes, threshold)[0]
+
+
+def match(ids: list[str], digests: list[str], phashes: list[str], threshold: int = THRESHOLD) -> tuple[list, dict]:
+    """(groups, counts): groups are connected components of the matching pairs; counts are per image, each image
+    counted once, as identical if it has an identical copy, else as near-identical if it has a near one."""
+    counts = {"groups": {"exact": 0, "near": 0}, "val_with_copy_in_train": {"exact": 0, "near": 0},
+              "train_with_copy_in_train": {"exact": 0, "near": 0}}
     if not ids:
-        return []
+        return [], counts
     is_val = np.array([s.startswith("val/") for s in ids])
     dig = np.array([int(d, 16) for d in digests], np.uint64)
     ph = np.array([int(p, 16) for p in phashes], np.uint64)
-    groups = []
+    groups, counted = [], set()
     for kind, (i, j) in (("exact", exact_pairs(dig)), ("near", near_pairs(ph, threshold))):
-        keep = ~(is_val[i] & is_val[j])
-        if kind == "near":
-            keep &= dig[i] != dig[j]  # identical images are reported as exact
-        for members in components(i[keep], j[keep]):
-            groups.append({"kind": kind, "samples": sorted((ids[m] for m in members), key=_sample_order)})
-    return sorted(groups, key=lambda g: (g["kind"] != "exact", _sample_order(g["samples"][0])))
+        linked = set()  # images with a copy in train, of this kind
+        if kind == "exact":  # identical is transitive: whole groups, those holding a training image
+            found = [g for g in components(i, j) if (~is_val[g]).any()]
+            for g in found:
+                train = g[~is_val[g]]
+                linked.update(g[is_val[g]].tolist() + (train.tolist() if len(train) > 1 else []))
+        else:  # near: pairs of different images, not both in val; an image counts if it has such a pair
+            keep = ~(is_val[i] & is_val[j]) & (dig[i] != dig[j])
+            found = components(i[keep], j[keep])
+            both_train = keep & ~is_val[i] & ~is_val[j]
+            ends = np.concatenate([i[keep], j[keep]])
+            linked.update(ends[is_val[ends]].tolist() + i[both_train].tolist() + j[both_train].tolist())
+        groups += [{"kind": kind, "samples": sorted((ids[m] for m in g), key=_sample_order)} for g in found]
+        for m in linked - counted:
+            counts["val_with_copy_in_train" if is_val[m] else "train_with_copy_in_train"][kind] += 1
+        counted |= linked
+        counts["groups"][kind] = len(found)
+    groups.sort(key=lambda g: (g["kind"] != "exact", _sample_order(g["samples"][0])))
+    return groups, counts
 
 
 def _sample_order(sample: str) -> tuple:
@@ -102,28 +123,14 @@ def _sample_order(sample: str) -> tuple:
     return (fmt.SPLITS.index(split) if split in fmt.SPLITS else len(fmt.SPLITS), key)
 
 
-def summarize(groups: list[dict]) -> dict:
-    """Counts a person reads: validation images with a copy in train, training images with a copy in train."""
-    val_copies = {k: set() for k in ("exact", "near")}
-    train_copies = {k: set() for k in ("exact", "near")}
-    for g in groups:
-        train = [s for s in g["samples"] if s.startswith("train/")]
-        if train:
-            val_copies[g["kind"]].update(s for s in g["samples"] if s.startswith("val/"))
-        if len(train) > 1:
-            train_copies[g["kind"]].update(train)
-    return {"groups": {k: sum(g["kind"] == k for g in groups) for k in ("exact", "near")},
-            "val_with_copy_in_train": {k: len(v) for k, v in val_copies.items()},
-            "train_with_copy_in_train": {k: len(v) for k, v in train_copies.items()}}
-
-
 def summary_lines(s: dict) -> list[str]:
     """ "12 validation images have a copy in train (5 identical, 7 near)" and the like."""
     v, t = s["val_with_copy_in_train"], s["train_with_copy_in_train"]
     return [f"{v['exact'] + v['near']} validation images have a copy in train "
             f"({v['exact']} identical, {v['near']} near-identical)",
-            f"{t['exact'] + t['near']} training images have a copy in train ({t['exact']} identical in "
-            f"{s['groups']['exact']} groups, {t['near']} near-identical; phash distance <= {s['threshold']})"]
+            f"{t['exact'] + t['near']} training images have a copy in train ({t['exact']} identical, "
+            f"{t['near']} near-identical; {s['groups']['exact']} + {s['groups']['near']} groups, "
+            f"near = phash distance <= {s['threshold']})"]
 
 
 def duplicate_report(out: str, manifest: dict, threshold: int = THRESHOLD) -> dict:
@@ -140,8 +147,8 @@ def duplicate_report(out: str, manifest: dict, threshold: int = THRESHOLD) -> di
                 ids.append(f"{split}/{key}")
                 digests.append(digest)
                 phashes.append(phash)
-    groups = find_groups(ids, digests, phashes, threshold)
-    summary = {"threshold": threshold, "images": len(ids), **summarize(groups)}
+    groups, counts = match(ids, digests, phashes, threshold)
+    summary = {"threshold": threshold, "images": len(ids), **counts}
     if missing:  # shards written by a version without fingerprints: rewrite them (--overwrite) to include them
         summary["shards_without_fingerprints"] = missing
     return {"duplicates": groups, "duplicate_summary": summary}
