@@ -38,7 +38,7 @@ def test_two_worker_dataloader_over_val_with_default_empty_check(default_shards)
     import webdataset as wds
 
     ds = shards.open(default_shards)
-    dataset = wds.WebDataset(ds.urls("val"), shardshuffle=False, nodesplitter=None).to_tuple("__key__", "cls")
+    dataset = wds.WebDataset(ds.urls("val"), shardshuffle=False).to_tuple("__key__", "cls")  # default empty_check
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2)
     keys = [k for batch_keys, _ in loader for k in batch_keys]
     assert len(keys) == len(set(keys)) == ds.count("val") == 48
