@@ -32,8 +32,8 @@ def chunk(items: list, shard_size: int | None) -> list[list]:
 
 def compact_sum_bytes(image_sum: np.ndarray) -> bytes:
     """The per-pixel uint32 sum of a shard, small: the smallest unsigned dtype that holds it, its bytes split
-    into planes (the high bytes of neighbouring pixels are nearly equal) and deflated. A ~1000-image training
-    shard's 768 KiB sum becomes ~0.3 MiB, a 16-image shard's ~60 KiB (see tests/test_layout.py for the sizes)."""
+    into planes (the high bytes of neighbouring pixels are nearly equal) and deflated: the 768 KiB .npy of
+    a shard becomes 235 KiB (16 images) to 344 KiB (1000 images), in 5-12 ms (bench/partial_sum_size.py)."""
     dtype = np.uint8 if image_sum.max(initial=0) < 2**8 else np.uint16 if image_sum.max() < 2**16 else np.uint32
     values = np.ascontiguousarray(image_sum, dtype=dtype)
     planes = values.view(np.uint8).reshape(-1, values.itemsize).T.copy()  # byte plane 0, 1, ... (little-endian)
