@@ -131,7 +131,7 @@ def skipped_section(manifest: dict) -> str:
     for split in fmt.SPLITS:
         skipped = manifest["splits"].get(split, {}).get("skipped", [])
         if skipped:
-            rows.append(f"{split}: {len(skipped):,} inputs could not be read and are not in the shards:\n")
+            rows.append(f"{split}: {len(skipped):,} input(s) could not be read and are not in the shards:\n")
             rows += [f"- `{s['path']}`: {s['reason']}" for s in skipped[:LISTED]]
             if len(skipped) > LISTED:
                 rows.append(f"- ... and {len(skipped) - LISTED:,} more (`splits.{split}.skipped` in "
@@ -147,8 +147,9 @@ def duplicates_section(manifest: dict) -> str:
     if summary is None:
         return "## Duplicates\n\nNo duplicate report.\n"
     rows = ["## Duplicates\n", "A report only: every image is in the shards. Exact = identical 256x256 images; "
-            f"near = perceptual hashes (64-bit DCT hash) within {summary['threshold']} bits, e.g. the same photo "
-            "re-encoded, resized or slightly reframed. Within train, and validation against train.\n"]
+            f"near = perceptual hashes (64-bit DCT hash) within {summary['threshold']} bits: the same picture "
+            "re-encoded or resized (a shifted framing is mostly not caught). Within train, and validation against "
+            "train.\n"]
     rows += [f"- {line}" for line in summary_lines(summary)]
     if summary.get("shards_without_fingerprints"):
         rows.append(f"- {len(summary['shards_without_fingerprints'])} shards were written without fingerprints "
