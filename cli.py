@@ -77,7 +77,8 @@ def main():
 @click.option("--val-labels", type=click.Path(), default=None,
               help="Labels for a flat val folder/tar: LOC_val_solution.csv or 'filename wnid' lines.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
-@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+@click.option("--shard-size", type=int, default=None,
+              help="Samples per shard (default: at most 1000, and at least min(64, N/16) shards per split).")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
 @click.option("--size", type=int, default=256, show_default=True, help="Output side (shorter side resize + centre crop).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training shuffle.")

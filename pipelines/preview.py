@@ -27,7 +27,10 @@ def write_preview(shards_dir: str, out: str, count: int = 32, seed: int = 0, col
     mean_image = ds.mean_image()
     tiles = [denormalize(image.numpy(), window_mean(mean_image, params, i, image.shape[-1]))
              for i, image in enumerate(images)]
-    names = [ds.classes[int(label)] for label in labels]
+    from shards.classnames import names_of
+
+    class_names = names_of(ds.manifest)  # "tench", not n01440764 (the wnid when no name is known)
+    names = [class_names[int(label)] for label in labels]
     captions = [f"{int(label)} {name}" + (" (flipped)" if int(params["mirror"][i]) else "")
                 for i, (label, name) in enumerate(zip(labels, names))]
     return save_grid(tiles, captions, out, columns)

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 from . import dali_index
 from . import format as fmt
 from . import io as store
+from .card import finish_run
+from .classnames import attach_class_names
+from .layout import chunk, load_sum
 from .errors import UserError
 from .report import progress_bar
 from .sources import Item, find_splits
@@ -31,7 +34,7 @@ class ShardConfig:
     split: str | None = None        # None: every split SRC holds
     val_labels: str | None = None
     workers: int = os.cpu_count() or 1
-    shard_size: int = 1000          # 1,281,167 training images -> 1282 shards
+    shard_size: int | None = None   # None: auto (layout.chunk): <= 1000 per shard, >= min(64, n // 16) shards
     quality: int = 90               # JPEG quality of the 256x256 images
     size: int = 256                 # Sec. 2: "down-sampled the images to a fixed resolution of 256 x 256"
     seed: int = 0                   # training shuffle
@@ -53,6 +56,7 @@ def convert(cfg: ShardConfig) -> dict:
     found = find_splits(cfg.src, cfg.split, cfg.val_labels)
     _prepare_out(cfg.out)
     manifest = _start_manifest(cfg, found)
+    attach_class_names(manifest, cfg.src)  # issue 10: a human-readable name per class
     for split, items in found.items():
         labels = _labels(items, manifest["classes"], split)
         records = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
@@ -62,11 +66,12 @@ def convert(cfg: ShardConfig) -> dict:
         _finish_stats(cfg, manifest["splits"]["train"]["shards"])
     store.write_atomically(store.join(cfg.out, fmt.TIMM_INFO), json.dumps(timm_info(manifest), indent=1) + "\n")
     _report(cfg, manifest, found)
+    finish_run(cfg.out, manifest)  # issue 10: duplicate report into the manifest, README.md dataset card
     return manifest
 
 
 def _check_config(cfg: ShardConfig) -> None:
-    if cfg.shard_size < 1:
+    if cfg.shard_size is not None and cfg.shard_size < 1:
         raise UserError("--shard-size must be at least 1")
     if cfg.workers < 1:
         raise UserError("--workers must be at least 1")
@@ -175,7 +180,7 @@ def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, in
     store.makedirs(folder)
     store.makedirs(work)
     store.remove_temporaries(folder, work)  # left by a crashed (killed) run
-    chunks = [items[i: i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    chunks = chunk(items, cfg.shard_size)  # sizes every reader can split (layout.py)
     return [ShardTask(split, n, tuple(chunk), tuple(labels[it.source] for it in chunk), folder, work, cfg.size,
                       cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
 
@@ -265,7 +270,7 @@ def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
     total = PixelSums.zero(cfg.size, mean_image=True)
     for shard, partial in zip(shards, partials):
         record = store.read_json(store.join(work, shard["name"] + ".json"))
-        total = total.merge(PixelSums.from_json(record["sums"], store.load_npy(partial)))
+        total = total.merge(PixelSums.from_json(record["sums"], load_sum(partial)))
     write_stats(cfg.out, total, digest)
     for partial in partials:  # 768 KiB each: not worth keeping once merged
         store.remove(partial)

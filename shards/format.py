@@ -23,7 +23,7 @@ TIMM_INFO = "_info.json"
 IMAGE_EXT = "jpg"    # 256x256 RGB baseline JPEG
 LABEL_EXT = "cls"    # label as ASCII decimal (webdataset / timm convention)
 LABEL_I32_EXT = "lbl"  # the same label as 4-byte little-endian int32: DALI reads ASCII .cls as ragged bytes
-META_EXT = "json"    # wnid, source path relative to SRC, original width and height
+META_EXT = "json"    # wnid, source path relative to SRC, original width and height, digest, phash
 COMPONENTS = (IMAGE_EXT, LABEL_EXT, LABEL_I32_EXT, META_EXT)  # order inside the tar
 
 

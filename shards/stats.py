@@ -15,6 +15,7 @@ import numpy as np
 
 from . import format as fmt
 from . import io as store
+from .duplicates import print_summary as print_duplicate_summary
 from .errors import UserError
 from .report import progress_bar
 
@@ -180,5 +181,6 @@ def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
         print(f"computing statistics from the decoded training shards of {root} ...")
         stats = recompute_stats(root, workers)
     print(format_table(stats))
+    print_duplicate_summary(shard_set.manifest)  # issue 10
     print(f"written to {path}")
     return stats

@@ -9,6 +9,7 @@ are the plain PIL reference the fast path is tested against.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -86,26 +87,53 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.stack([gray] * 3, axis=-1))
 
 
-def center_square(width: int, height: int) -> tuple[int, int, int, int]:
-    """The centred square of side min(width, height), as an integer (left, top, right, bottom) box."""
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return left, top, left + side, top + side
+SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # kernel radius in source pixels (times the reduction factor)
+SEARCH = 8  # extra source pixels of context tried on each axis to put the crop on the output grid
+
+
+def axis_window(length: int, side: int, size: int, resample: str) -> tuple[int, int, int]:
+    """Along one axis: the source pixels [start, stop) to resample and the output offset of the crop.
+
+    The centred square begins at (length - side) / 2, half a pixel off the integer grid when length - side is
+    odd. The resampler's output grid starts at `start` with the exact scale size / side, so the crop begins at
+    output (centre - start) * size / side. `start` is chosen a few pixels before the square (the filter then
+    sees the same neighbours as when the whole image is resized) where that offset is an integer, or, failing
+    that, nearest to one: the crop is then where "resize, then crop the centre" puts it, within a small fraction
+    of an output pixel (exactly, wherever the two-step result is itself on the integer grid).
+    """
+    twice = length - side  # twice the start of the square
+    first = twice // 2
+    margin = math.ceil(SUPPORT[resample] * max(1.0, side / size)) + 1
+    best = None
+    for start in range(first, max(-1, first - margin - SEARCH - 1), -1):
+        num = (twice - 2 * start) * size  # offset = num / (2 * side) output pixels
+        offset = (num + side) // (2 * side)
+        key = (abs(num - offset * 2 * side), 0 < start and first - start < margin, first - start)
+        if best is None or key < best[0]:
+            best = (key, start, offset)
+    _, start, offset = best
+    return start, min(length, -(-(twice + 2 * side) // 2) + margin), offset
 
 
 def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FILTER) -> np.ndarray:
     """Shorter side resized to `size` and the centre size x size crop, as one antialiased resampling.
 
-    Resampling only the centred square of the source gives the pixels of "resize, then crop the centre"
-    (see `resize_shorter_side` + `center_crop`) without computing the parts the crop throws away.
+    Resampling only the centred square (plus the filter's context, `axis_window`) at the exact scale gives the
+    pixels of "resize, then crop the centre" (see `resize_shorter_side` + `center_crop`) without computing the
+    parts the crop throws away, also when the square starts half a pixel off the grid (odd width - height).
     PyTorch's uint8 antialiased kernels (AVX2) run ~3x faster than PIL's. Small images are upscaled.
     """
-    left, top, right, bottom = center_square(rgb.shape[1], rgb.shape[0])
-    square = rgb[top:bottom, left:right] if rgb.flags.writeable else rgb[top:bottom, left:right].copy()
-    square = torch.from_numpy(square).permute(2, 0, 1).unsqueeze(0)  # torch wants writable memory
-    square = square.contiguous(memory_format=torch.channels_last)  # the fast uint8 kernel; HWC output
-    out = torch.nn.functional.interpolate(square, size=(size, size), mode=resample, antialias=True)
-    return out[0].permute(1, 2, 0).numpy()
+    height, width = rgb.shape[:2]
+    side = min(width, height)
+    top, bottom, dy = axis_window(height, side, size, resample)
+    left, right, dx = axis_window(width, side, size, resample)
+    region = rgb[top:bottom, left:right]
+    region = torch.from_numpy(region if region.flags.writeable else region.copy())  # torch wants writable memory
+    region = region.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # fast uint8 path
+    scale = size / side
+    upsample = {"bicubic": torch.ops.aten._upsample_bicubic2d_aa, "bilinear": torch.ops.aten._upsample_bilinear2d_aa}
+    out = upsample[resample](region, [dy + size, dx + size], False, scale, scale)  # grid anchored at (top, left)
+    return out[0, :, dy: dy + size, dx: dx + size].permute(1, 2, 0).numpy()
 
 
 def resize_shorter_side(image: Image.Image, size: int, resample: str = RESIZE_FILTER) -> Image.Image:

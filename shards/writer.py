@@ -17,6 +17,8 @@ from . import dali_index
 from . import format as fmt
 from . import io as store
 from .sources import Item
+from .imagehash import image_hashes
+from .layout import compact_sum_bytes
 from .stats import PixelSums
 from .transform import BadImage, transform
 
@@ -94,6 +96,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
     store.one_thread()  # a Dask worker runs no pool initializer
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
+    fingerprints = []  # issue 10: [key, digest, phash] per sample, for the duplicate report (duplicates.py)
     for item, label in zip(task.items, task.labels):
         try:
             jpeg, pixels, (width, height) = transform(item.read(), task.size, task.quality, task.resample)
@@ -101,6 +104,8 @@ def build_shard(task: ShardTask, progress=None) -> dict:
             skipped.append({"path": item.source, "reason": str(e)})
         else:
             meta = {"wnid": item.wnid, "source": item.source, "width": width, "height": height}
+            meta.update(image_hashes(jpeg, pixels))  # issue 10: "digest", "phash"
+            fingerprints.append([item.key, meta["digest"], meta["phash"]])
             builder.add(item.key, sample_components(item.key, jpeg, label, meta))
             sums.add(pixels)
         if progress is not None:
@@ -110,9 +115,10 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     count = len(task.items) - len(skipped)
     record = {"name": task.name, "count": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "skipped": skipped, "plan": task.plan_digest(), "sums": sums.to_json()}
+    record["fingerprints"] = fingerprints  # duplicate report (duplicates.py)
     tar_path = store.join(task.folder, task.name)
     if task.mean_image:  # the bulky side file first: a full disk then stops us before the shard appears
-        store.write_atomically(partial_image_path(task.work, task.name), store.npy_bytes(sums.image_sum))
+        store.write_atomically(partial_image_path(task.work, task.name), compact_sum_bytes(sums.image_sum))
     store.write_atomically(dali_index.index_name(tar_path), index)
     store.write_atomically(tar_path, data)  # whole or absent
     # the record is the commit marker: written last; a shard without one is redone by the next run
@@ -125,7 +131,7 @@ def record_path(work: str, name: str) -> str:
 
 
 def partial_image_path(work: str, name: str) -> str:
-    return store.join(work, name + ".sum.npy")
+    return store.join(work, name + ".sum.npz")  # layout.compact_sum_bytes
 
 
 def finished_records(tasks: list[ShardTask]) -> dict[int, dict]:

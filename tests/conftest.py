@@ -38,6 +38,14 @@ def sample_shards(sample_tree, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def default_shards(sample_tree, tmp_path_factory) -> str:
+    """`sample_tree` sharded with the default shard sizes (no --shard-size): read-only for tests."""
+    out = os.path.join(str(tmp_path_factory.mktemp("wds-default")), "imagenet-wds")
+    convert(ShardConfig(src=sample_tree, out=out, workers=2, progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server (moto_server) on a free loopback port, for the whole session."""
     from servers import start_moto, stop

@@ -37,6 +37,28 @@ def test_one_step_resize_crop_is_within_a_subpixel_shift_of_two_step(size):
     assert mean_abs(out, reference(image)) < 6.0
 
 
+@pytest.mark.parametrize("size", [(9, 8), (8, 9), (17, 16), (33, 32), (57, 16), (375, 300)])
+def test_odd_width_minus_height_matches_two_step_reference(size):
+    """The centre square starts half a source pixel off the grid: 8 px -> 256 px makes that 16 output pixels.
+    At these sizes the two-step geometry is exact (integral resized width and crop offset), so both must agree."""
+    image = hc.photo(size)
+    assert mean_abs(resize_and_center_crop(np.asarray(image), 256), reference(image)) < 0.15
+
+
+def test_crop_is_the_exact_fractional_centre_box_for_any_size():
+    """Against PIL resampling exactly the centred square box (fractional), over random ImageNet-like sizes."""
+    rng = np.random.default_rng(0)
+    errors = []
+    for _ in range(16):
+        w, h = (int(v) for v in rng.integers(150, 700, 2))
+        image = hc.photo((w, h))
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        exact = image.resize((256, 256), Image.Resampling.BICUBIC, box=box)
+        errors.append(mean_abs(resize_and_center_crop(np.asarray(image), 256), exact))
+    assert len(errors) == 16 and np.mean(errors) < 0.35 and max(errors) < 1.5
+
+
 @pytest.mark.parametrize("name", sorted(hc.READABLE))
 def test_every_readable_kind_becomes_256_rgb(name):
     jpeg, pixels, original = transform(hc.READABLE[name](), size=256, quality=90)
