@@ -8,7 +8,6 @@ OUT are local folders or object-store URLs.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -23,8 +22,9 @@ from .errors import UserError
 from .report import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
+from .parallel import run_tasks
 from .transform import FILTERS, RESIZE_FILTER
-from .writer import ShardTask, build_shard, finished_records, partial_image_path
+from .writer import ShardTask, finished_records, partial_image_path
 
 
 @dataclass
@@ -64,7 +64,7 @@ def convert(cfg: ShardConfig) -> dict:
         store.write_atomically(store.join(cfg.out, fmt.MANIFEST), json.dumps(manifest, indent=1) + "\n")
     if "train" in found:
         _finish_stats(cfg, manifest["splits"]["train"]["shards"])
-    store.write_atomically(store.join(cfg.out, fmt.TIMM_INFO), json.dumps(timm_info(manifest), indent=1) + "\n")
+    store.write_atomically(store.join(cfg.out, fmt.TIMM_INFO), json.dumps(fmt.timm_info(manifest), indent=1) + "\n")
     _report(cfg, manifest, found)
     finish_run(cfg.out, manifest)  # issue 10: duplicate report into the manifest, README.md dataset card
     return manifest
@@ -185,19 +185,6 @@ def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, in
                       cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
 
 
-_progress = None
-
-
-def _init_worker(counter) -> None:
-    global _progress
-    _progress = counter
-    store.init_worker_process()
-
-
-def _run_task(task: ShardTask) -> dict:
-    return build_shard(task, _progress)
-
-
 def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[dict]:
     tasks = _tasks(cfg, split, items, labels)
     records = finished_records(tasks)
@@ -223,30 +210,8 @@ def _remove_unplanned(tasks: list[ShardTask]) -> None:
 
 
 def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]) -> list[dict]:
-    total = sum(len(t.items) for t in todo)
-    bar = progress_bar(total, f"{split} images", "img", enabled=cfg.progress)
-    if cfg.cluster:
-        from .cluster import run_on_cluster
-
-        with bar:
-            return run_on_cluster(cfg.cluster, build_shard, todo, on_done=lambda task: bar.update(len(task.items)))
-    ctx = mp.get_context("fork")
-    counter = ctx.Value("q", 0)
-    workers = max(1, min(cfg.workers, len(todo)))
-    try:
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
-            pending = pool.map_async(_run_task, todo, chunksize=1)
-            while not pending.ready():
-                pending.wait(0.25)
-                bar.update(counter.value - bar.n)
-            records = pending.get()  # re-raises a worker's exception (e.g. disk full) here
-    except BaseException:  # Ctrl-C, disk full, ...: the pool is terminated; remove what it left half-written
-        store.remove_temporaries(todo[0].folder, todo[0].work)
-        raise
-    finally:
-        bar.update(counter.value - bar.n)
-        bar.close()
-    return records  # in the order of `todo`
+    with progress_bar(sum(len(t.items) for t in todo), f"{split} images", "img", enabled=cfg.progress) as bar:
+        return run_tasks(todo, cfg.workers, cfg.cluster, bar)
 
 
 def _split_entry(records: list[dict]) -> dict:
@@ -274,16 +239,6 @@ def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
     write_stats(cfg.out, total, digest)
     for partial in partials:  # 768 KiB each: not worth keeping once merged
         store.remove(partial)
-
-
-def timm_info(manifest: dict) -> dict:
-    """`_info.json` as timm's `wds/` reader expects: split sizes, shard names and lengths."""
-    splits = {}
-    for split, entry in manifest["splits"].items():
-        names = [s["name"] for s in entry["shards"]]
-        splits[split] = {"name": split, "num_samples": entry["count"], "filenames": [f"{split}/{n}" for n in names],
-                         "shard_lengths": [s["count"] for s in entry["shards"]]}
-    return {"name": "imagenet-wds", "num_classes": len(manifest["classes"]), "splits": splits}
 
 
 def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:

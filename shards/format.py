@@ -48,3 +48,13 @@ def read_manifest(root: str) -> dict:
         raise UserError(f"{path} has format version {version!r}, this tool reads version {FORMAT_VERSION}: "
                         "rewrite the shards with this version (`cli.py shard --overwrite`)")
     return manifest
+
+
+def timm_info(manifest: dict) -> dict:
+    """`_info.json` as timm's `wds/` reader expects: split sizes, shard names and lengths."""
+    splits = {}
+    for split, entry in manifest["splits"].items():
+        names = [s["name"] for s in entry["shards"]]
+        splits[split] = {"name": split, "num_samples": entry["count"], "filenames": [f"{split}/{n}" for n in names],
+                         "shard_lengths": [s["count"] for s in entry["shards"]]}
+    return {"name": "imagenet-wds", "num_classes": len(manifest["classes"]), "splits": splits}

@@ -1,8 +1,8 @@
-"""`cli.py shard --cluster ADDRESS`: the same shard tasks as the local pool, run by a Dask cluster.
+"""Who runs the shard tasks: a local process pool (the default) or a Dask cluster (`cli.py shard --cluster`).
 
-One Dask task = one output shard = one call of `writer.build_shard`, the function the local pool runs. Workers
-write the shards themselves (to OUT: a shared filesystem or an object store) and return only the shard's record
-(counts, sha256, pixel sums); the driver plans, submits what is not finished yet and writes the manifest.
+Either way one task = one output shard = one call of `writer.build_shard`. Workers write the shards themselves
+(to OUT: a local disk, a shared filesystem or an object store) and return only the shard's record (counts,
+sha256, pixel sums, fingerprints); the driver plans, submits what is not finished yet and writes the manifest.
 
 Failures: a worker that dies mid-task is replaced by Dask, which runs the task again elsewhere (the output is
 deterministic, so unchanged). A driver that dies or is interrupted leaves every committed shard in place for the
@@ -10,12 +10,54 @@ rerun. SRC and OUT must be reachable under the same name from every worker.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 from typing import Callable
 
+from . import io as store
 from .errors import UserError
+from .writer import ShardTask, build_shard
 
 CONNECT_TIMEOUT = "10s"
 WORKER_WAIT_S = 60
+
+
+def run_tasks(todo: list[ShardTask], workers: int, cluster: str | None, bar) -> list[dict]:
+    """The records of `todo`'s shards, in order; `bar` advances by images as they are done."""
+    if cluster:
+        return run_on_cluster(cluster, build_shard, todo, on_done=lambda task: bar.update(len(task.items)))
+    return run_local(todo, workers, bar)
+
+
+_progress = None  # in a pool process: the images counter shared with the parent
+
+
+def _init_worker(counter) -> None:
+    global _progress
+    _progress = counter
+    store.init_worker_process()
+
+
+def _run_task(task: ShardTask) -> dict:
+    return build_shard(task, _progress)
+
+
+def run_local(todo: list[ShardTask], workers: int, bar) -> list[dict]:
+    """A fork pool of `workers` processes; on any failure (Ctrl-C, a full disk) it is stopped and its
+    half-written temporaries removed before the exception goes on."""
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("q", 0)
+    try:
+        with ctx.Pool(max(1, min(workers, len(todo))), initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = pool.map_async(_run_task, todo, chunksize=1)
+            while not pending.ready():
+                pending.wait(0.25)
+                bar.update(counter.value - bar.n)
+            return pending.get()  # re-raises a worker's exception (e.g. disk full) here
+    except BaseException:
+        store.remove_temporaries(todo[0].folder, todo[0].work)
+        raise
+    finally:
+        bar.update(counter.value - bar.n)
 
 
 def connect(address: str):
