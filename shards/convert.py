@@ -24,7 +24,7 @@ from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .parallel import run_tasks
 from .transform import FILTERS, RESIZE_FILTER
-from .writer import ShardTask, finished_records, partial_image_path
+from .writer import ShardTask, finished_records, partial_image_path, record_path
 
 
 @dataclass
@@ -56,7 +56,7 @@ def convert(cfg: ShardConfig) -> dict:
     found = find_splits(cfg.src, cfg.split, cfg.val_labels)
     _prepare_out(cfg.out)
     manifest = _start_manifest(cfg, found)
-    attach_class_names(manifest, cfg.src)  # issue 10: a human-readable name per class
+    attach_class_names(manifest, cfg.src)  # a human-readable name per class
     for split, items in found.items():
         labels = _labels(items, manifest["classes"], split)
         records = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
@@ -66,7 +66,7 @@ def convert(cfg: ShardConfig) -> dict:
         _finish_stats(cfg, manifest["splits"]["train"]["shards"])
     store.write_atomically(store.join(cfg.out, fmt.TIMM_INFO), json.dumps(fmt.timm_info(manifest), indent=1) + "\n")
     _report(cfg, manifest, found)
-    finish_run(cfg.out, manifest)  # issue 10: duplicate report into the manifest, README.md dataset card
+    finish_run(cfg.out, manifest)  # duplicate report into the manifest, README.md dataset card
     return manifest
 
 
@@ -232,12 +232,13 @@ def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
     if not all(store.basename(p) in on_disk for p in partials):
         recompute_stats(cfg.out, cfg.workers)
         return
+    records = store.read_many([record_path(work, s["name"]) for s in shards])  # one batch of GETs on a store
     total = PixelSums.zero(cfg.size, mean_image=True)
     for shard, partial in zip(shards, partials):
-        record = store.read_json(store.join(work, shard["name"] + ".json"))
-        total = total.merge(PixelSums.from_json(record["sums"], load_sum(partial)))
+        sums = json.loads(records[record_path(work, shard["name"])])["sums"]
+        total = total.merge(PixelSums.from_json(sums, load_sum(partial)))
     write_stats(cfg.out, total, digest)
-    for partial in partials:  # 768 KiB each: not worth keeping once merged
+    for partial in partials:  # not worth keeping once merged
         store.remove(partial)
 
 

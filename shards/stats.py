@@ -181,6 +181,6 @@ def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
         print(f"computing statistics from the decoded training shards of {root} ...")
         stats = recompute_stats(root, workers)
     print(format_table(stats))
-    print_duplicate_summary(shard_set.manifest)  # issue 10
+    print_duplicate_summary(shard_set.manifest)
     print(f"written to {path}")
     return stats

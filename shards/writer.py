@@ -96,7 +96,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
     store.one_thread()  # a Dask worker runs no pool initializer
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
-    fingerprints = []  # issue 10: [key, digest, phash] per sample, for the duplicate report (duplicates.py)
+    fingerprints = []  # [key, digest, phash] per sample, for the duplicate report (duplicates.py)
     for item, label in zip(task.items, task.labels):
         try:
             jpeg, pixels, (width, height) = transform(item.read(), task.size, task.quality, task.resample)
@@ -104,7 +104,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
             skipped.append({"path": item.source, "reason": str(e)})
         else:
             meta = {"wnid": item.wnid, "source": item.source, "width": width, "height": height}
-            meta.update(image_hashes(jpeg, pixels))  # issue 10: "digest", "phash"
+            meta.update(image_hashes(jpeg, pixels))  # "digest", "phash"
             fingerprints.append([item.key, meta["digest"], meta["phash"]])
             builder.add(item.key, sample_components(item.key, jpeg, label, meta))
             sums.add(pixels)
