@@ -1,4 +1,4 @@
-"""pipelines.bench: a tiny run through the CLI (numbers are not asserted, only that both paths ran)."""
+"""bench.loader (`cli.py bench loader`): a tiny run through the CLI (numbers are not asserted, only that both paths ran)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipelines.bench import bench_loader
+from bench.loader import bench_loader
 from shards.errors import UserError
 
 

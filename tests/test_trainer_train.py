@@ -6,6 +6,9 @@ of 4-8 it overshoots (each class's output weights get a large share of the gradi
 """
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,10 +20,9 @@ from cli import main
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import DistInfo
 from trainer.evaluate import evaluate_loader
-from trainer.loop import train_step
 from trainer.metrics import read_metrics
 from trainer.model import build_model
-from trainer.train import TrainConfig, launch
+from trainer.train import TrainConfig, launch, train_step
 
 LR = 1e-4
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -33,7 +35,8 @@ def val_loader(sample_shards, batch_size, mode="center"):
 
 
 def config(sample_shards, out, **kw) -> TrainConfig:
-    return TrainConfig(shards=sample_shards, out=str(out), lr=LR, log_every=1, progress=False, **kw)
+    return TrainConfig(**{"shards": sample_shards, "out": str(out), "lr": LR, "log_every": 1, "progress": False,
+                          **kw})
 
 
 def paper_sgd(model, lr=LR):
@@ -135,6 +138,22 @@ def test_ten_crop_eval_averages_the_softmax_of_the_ten_views(short_run, sample_s
     top1, top5 = hand_errors(probs[keep], labels[keep])
     assert got["count"] == keep.sum().item() == 16
     assert got["top1_err"] == pytest.approx(top1) and got["top5_err"] == pytest.approx(top5)
+
+
+@pytest.mark.slow
+def test_train_off_a_terminal_prints_plain_lines_without_redraws(sample_shards, tmp_path):
+    """Output redirected to a file (a batch job's log): no progress-bar redraws, the periodic step lines."""
+    log = tmp_path / "train.log"
+    with open(log, "wb") as f:
+        done = subprocess.run([sys.executable, "cli.py", "train", "--shards", sample_shards, "--out", str(tmp_path / "run"),
+                               "--gpus", "0", "--batch-size", "4", "--max-steps", "3", "--log-every", "1", "--lr", "1e-4"],
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=f, stderr=f,
+                              timeout=300)
+    text = log.read_bytes().decode()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "\x1b[" not in text  # no carriage-return redraws, no cursor movement
+    steps = [line.split()[1] for line in text.splitlines() if line.startswith("step ")]
+    assert steps == ["1", "2", "3"]
 
 
 def test_plot_of_a_real_run(short_run):
