@@ -57,6 +57,7 @@ def short_run(sample_shards, tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
     torch.manual_seed(0)  # the trainer's initial weights (seed 0)
     before = evaluate_loader(build_model(8), val_loader(sample_shards, 16), CPU)
@@ -72,6 +73,7 @@ def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
     assert load_checkpoint(f"{short_run}/checkpoint.pt")["step"] == 8
 
 
+@pytest.mark.slow
 def test_overfits_a_tiny_batch(sample_shards):
     images, labels = next(iter(pipelines.build_loader(sample_shards, split="train", batch_size=4, device="cpu",
                                                       mode="center", mean="image")))
@@ -88,6 +90,7 @@ def hand_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, floa
     return 1 - (rank < 1).float().mean().item(), 1 - (rank < 5).float().mean().item()
 
 
+@pytest.mark.slow
 def test_eval_matches_a_hand_computation(short_run, sample_shards):
     checkpoint = f"{short_run}/checkpoint.pt"
     result = CliRunner().invoke(main, ["eval", "--shards", sample_shards, "--checkpoint", checkpoint, "--gpus", "0",
@@ -110,6 +113,7 @@ def test_eval_matches_a_hand_computation(short_run, sample_shards):
     assert val["top1_err"] == pytest.approx(top1) and val["top5_err"] == pytest.approx(top5)
 
 
+@pytest.mark.slow
 def test_ten_crop_eval_averages_the_softmax_of_the_ten_views(short_run, sample_shards):
     model = load_model(f"{short_run}/checkpoint.pt")
     outputs, labels = [], []
@@ -156,6 +160,7 @@ def test_train_off_a_terminal_prints_plain_lines_without_redraws(sample_shards, 
     assert steps == ["1", "2", "3"]
 
 
+@pytest.mark.slow
 def test_plot_of_a_real_run(short_run):
     result = CliRunner().invoke(main, ["plot", "--run", short_run])
     assert result.exit_code == 0 and result.output.strip() == f"wrote {short_run}/curves.png"
