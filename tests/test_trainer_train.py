@@ -70,6 +70,9 @@ def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
     assert val["val_loss"] < before["loss"], (before, val)
     saved = json.load(open(f"{short_run}/config.json"))
     assert saved["mean"] == "image" and saved["lr"] == LR and saved["global_batch"] == 8 and saved["num_classes"] == 8
+    pipeline = saved["pipeline"]  # the loader settings the run really used
+    assert (pipeline["train"]["mode"], pipeline["val"]["mode"]) == ("train", "center")
+    assert pipeline["train"]["mean"] == "image" and pipeline["train"]["lighting_std"] == 0.1
     assert load_checkpoint(f"{short_run}/checkpoint.pt")["step"] == 8
 
 
