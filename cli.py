@@ -129,21 +129,24 @@ def stage(shards_dir, to, workers):
 
 
 # ----------------------------------------------------------------------------------------------- training
+# Options of train/eval/bench are named as the fields of their config (or the parameters of their function),
+# so each command hands its keyword arguments over unchanged.
 @main.command()
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
-@click.option("--out", "run_dir", default="./runs/alexnet", show_default=True, help="Run directory.")
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--out", default="./runs/alexnet", show_default=True, help="Run directory.")
 @click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU). Default: all GPUs, else CPU.")
 @click.option("--procs", type=int, default=None, help="N CPU processes over gloo (tests the distributed path).")
 @click.option("--epochs", type=int, default=90, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (paper: 128).")
-@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--lr", type=float, default=None,
+              help="Learning rate [default: 0.01, the paper's; with --resume: the checkpoint's, or this value].")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt exactly where it stopped.")
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
 @click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
-@click.option("--mean", "mean_mode", type=click.Choice(["channel", "image"]), default="image", show_default=True,
+@click.option("--mean", type=click.Choice(["channel", "image"]), default="image", show_default=True,
               help="Subtract the mean image (the paper) or the per-channel mean.")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU).")
+@click.option("--compile", is_flag=True, help="torch.compile the model (GPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--step-epochs", type=int, default=30, show_default=True, help="--schedule step: /10 every N epochs.")
 @click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True,
@@ -152,20 +155,15 @@ def stage(shards_dir, to, workers):
 @click.option("--backend", type=click.Choice(["nccl", "gloo"]), default=None, help="Default: nccl on GPUs, else gloo.")
 @click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
 @user_errors
-def train(shards_dir, run_dir, gpus, procs, epochs, batch_size, lr, max_steps, resume, arch, schedule, mean_mode,
-          compile_model, seed, step_epochs, checkpoint_minutes, log_every, backend, workers):
+def train(**options):
     """Train AlexNet on the shards (single process, --gpus N, --procs N or under torchrun)."""
     from trainer.train import TrainConfig, launch
 
-    cfg = TrainConfig(shards=shards_dir, out=run_dir, gpus=gpus, procs=procs, epochs=epochs, batch_size=batch_size,
-                      lr=lr, max_steps=max_steps, resume=resume, arch=arch, schedule=schedule, mean=mean_mode,
-                      compile=compile_model, seed=seed, step_epochs=step_epochs, checkpoint_minutes=checkpoint_minutes,
-                      log_every=log_every, backend=backend, workers=workers)
-    launch(cfg)
+    launch(TrainConfig(**options))
 
 
 @main.command(name="eval")
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
 @click.option("--checkpoint", required=True, type=click.Path())
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of 10 views (paper Sec. 4.1).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -174,12 +172,11 @@ def train(shards_dir, run_dir, gpus, procs, epochs, batch_size, lr, max_steps, r
 @click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as JSON.")
 @user_errors
-def evaluate(shards_dir, checkpoint, ten_crop, batch_size, gpus, procs, workers, as_json):
+def evaluate(**options):
     """Top-1/top-5 error of a checkpoint on the validation split."""
     from trainer.evaluate import EvalConfig, evaluate_command
 
-    evaluate_command(EvalConfig(shards=shards_dir, checkpoint=checkpoint, ten_crop=ten_crop, batch_size=batch_size,
-                                gpus=gpus, procs=procs, workers=workers, as_json=as_json))
+    evaluate_command(EvalConfig(**options))
 
 
 # ----------------------------------------------------------------------------------------------- looking
@@ -241,37 +238,43 @@ def bench_shard(src, workers, limit, cluster, json_out):
 
 
 @bench.command(name="loader")
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=None, help="Threads/processes (default: all cores).")
 @click.option("--batches", type=int, default=50, show_default=True, help="Timed batches (after 5 warm-up).")
-@click.option("--mean", "mean_mode", type=click.Choice(["image", "channel"]), default="image", show_default=True,
+@click.option("--mean", type=click.Choice(["image", "channel"]), default="image", show_default=True,
               help="Mean subtraction: the paper's mean image, or per-channel.")
+@click.option("--hw-decoder-load", type=float, default=None,
+              help="--device cuda: share of JPEGs for the hardware decoder, 0-1 (default: the loader's).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also time webdataset + DataLoader + NumPy.")
 @click.option("--json", "json_out", type=click.Path(), default=None)
 @user_errors
-def bench_loader(shards_dir, device, batch_size, workers, batches, mean_mode, json_out):
+def bench_loader(**options):
     """Images/s of the DALI loader against webdataset + DataLoader with the reference augmentations."""
-    from pipelines.bench import bench_loader as run
+    from bench.loader import bench_loader as run
 
-    run(shards_dir, device=device, batch_size=batch_size, workers=workers or os.cpu_count(), batches=batches,
-        mean=mean_mode, json_out=json_out)
+    run(**options)
 
 
 @bench.command(name="train")
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
 @click.option("--workers", type=int, default=None, help="Loader threads (default: the loader's).")
+@click.option("--compile", is_flag=True, help="torch.compile the model (the warm-up steps include compiling).")
+@click.option("--peak-tflops", type=float, default=None,
+              help="The device's peak for the utilisation (default: known GPUs' dense bf16 peak).")
 @click.option("--json", "json_out", type=click.Path(), default=None)
 @user_errors
-def bench_train(shards_dir, device, batch_size, steps, arch, workers, json_out):
-    """Training images/s: model alone on synthetic input vs end to end from the shards."""
-    from trainer.bench import bench_train as run
+def bench_train(**options):
+    """Training images/s and FLOP/s utilisation: model alone on synthetic input vs end to end from the shards."""
+    from bench.train import bench_train as run
 
-    run(shards_dir, device=device, batch_size=batch_size, steps=steps, json_out=json_out, workers=workers, arch=arch)
+    run(**options)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The AlexNet input pipeline as a DALI graph (Krizhevsky et al. 2012, Sec. 2 and 4.1), defined once for CPU and GPU.
 
 Stages, each one small function: read (jpg + int32 label) -> decode -> views (random crop + flip + lighting for
-training; centre crop; ten crops) -> mean subtraction and NCHW layout, fused into `fn.crop_mirror_normalize`.
+training; centre crop; ten crops) -> mean subtraction and layout, fused into `fn.crop_mirror_normalize`.
+Layout: CHW on the CPU; HWC on the GPU, which the loader hands out as a channels_last NCHW view
+(`permute(0, 3, 1, 2)`, no copy).
 `pipelines/reference.py` is the plain NumPy version of the same arithmetic; tests hold the two together.
 """
 from __future__ import annotations
@@ -29,15 +31,20 @@ def alexnet_pipeline(files: SplitFiles, cfg: PipelineConfig, norm: dict, rank: i
     images = decode(jpegs, cfg, gpu)
     if norm["mean_image"] is not None:
         # Sec. 2: the mean image is subtracted before cropping, so every window sees its own part of the mean.
+        # (One fused uint8 - float op. Cropping the mean image with the same draws and subtracting it after the
+        # crop was slower on the CPU: 3-4% in `bench loader`, 3-14% in the pipeline alone - it adds two float
+        # passes over the window, and on a GPU more memory traffic per image than this op.)
         images = images - types.Constant(norm["mean_image"], device=images.device)  # uint8 - float32 -> float32
+    layout = "HWC" if gpu else "CHW"
     if cfg.mode == "train":
         crop_x, crop_y, mirror, alpha = random_view_params(cfg, files.image_size)
-        out = crop_normalize(images, cfg, norm, crop_x, crop_y, mirror, lighting_offset(alpha, norm["lighting"]))
+        out = crop_normalize(images, cfg, norm, layout, crop_x, crop_y, mirror,
+                             lighting_offset(alpha, norm["lighting"]))
         params = (crop_x, crop_y, mirror, alpha) if with_params else ()
     elif cfg.mode == "center":
-        out, params = crop_normalize(images, cfg, norm, 0.5, 0.5, 0), ()
+        out, params = crop_normalize(images, cfg, norm, layout, 0.5, 0.5, 0), ()
     else:
-        out, params = ten_crop_normalize(images, cfg, norm), ()
+        out, params = ten_crop_normalize(images, cfg, norm, layout), ()
     return (out, labels.gpu() if gpu else labels, *((meta,) if with_params else ()), *params)
 
 
@@ -66,9 +73,13 @@ def read_samples(files: SplitFiles, cfg: PipelineConfig, rank: int, world_size: 
 
 
 def decode(jpegs, cfg: PipelineConfig, gpu: bool):
-    """HWC uint8 RGB: nvJPEG (+ the hardware decoder where there is one) on a GPU, libjpeg-turbo on the CPU."""
+    """HWC uint8 RGB: nvJPEG (+ the hardware decoder where there is one) on a GPU, libjpeg-turbo on the CPU.
+
+    jpeg_fancy_upsampling: chroma upsampled as libjpeg-turbo does by default, so GPU pixels match the CPU's.
+    """
     if gpu:
-        return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load)
+        return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load,
+                                 jpeg_fancy_upsampling=True)
     return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
 
@@ -98,8 +109,8 @@ def lighting_offset(alpha, lighting: np.ndarray):
     return fn.reshape(fn.coord_transform(point, M=lighting.astype(np.float32).ravel().tolist()), shape=[3])
 
 
-def crop_normalize(images, cfg: PipelineConfig, norm: dict, crop_x, crop_y, mirror, offset=None):
-    """One fused pass: crop, mirror, (x + offset - mean) / std, HWC -> CHW, cast.
+def crop_normalize(images, cfg: PipelineConfig, norm: dict, layout: str, crop_x, crop_y, mirror, offset=None):
+    """One fused pass: crop, mirror, (x + offset - mean) / std, HWC -> layout, cast.
 
     CMN computes (x - mean) / std, so the lighting offset enters as a per-image mean of `mean - offset`.
     """
@@ -108,16 +119,16 @@ def crop_normalize(images, cfg: PipelineConfig, norm: dict, crop_x, crop_y, mirr
         mean = types.Constant(np.asarray(mean, np.float32)) - offset
     return fn.crop_mirror_normalize(
         images, crop=(cfg.crop, cfg.crop), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
-        mean=mean, std=norm["channel_std"], dtype=DALI_DTYPES[cfg.dtype], output_layout="CHW")
+        mean=mean, std=norm["channel_std"], dtype=DALI_DTYPES[cfg.dtype], output_layout=layout)
 
 
-def ten_crop_normalize(images, cfg: PipelineConfig, norm: dict):
-    """Sec. 4.1 test time: the four corner and the centre windows, then the same five mirrored -> [10, C, H, W].
+def ten_crop_normalize(images, cfg: PipelineConfig, norm: dict, layout: str):
+    """Sec. 4.1 test time: the four corner and the centre windows, then the same five mirrored -> [10, ...].
 
     The order is `reference.ten_crop_boxes` (top-left, top-right, bottom-left, bottom-right, centre).
     """
     corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
-    views = [crop_normalize(images, cfg, norm, x, y, mirror) for mirror in (0, 1) for x, y in corners]
+    views = [crop_normalize(images, cfg, norm, layout, x, y, mirror) for mirror in (0, 1) for x, y in corners]
     return fn.stack(*views, axis=0)
 
 

@@ -46,7 +46,7 @@ def build_loader(root: str, split: str = "train", batch_size: int = 128, device:
     draws `crop_x`, `crop_y` (window position in [0, 1]), `mirror` and `alpha` [B, 3] - for tests and the preview.
     """
     cfg = make_config(split, **options)
-    gpu = resolve_device(device)
+    device = resolve_device(device)
     if batch_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
                         "and 0 <= rank < world_size")
@@ -61,23 +61,26 @@ def build_loader(root: str, split: str = "train", batch_size: int = 128, device:
         raise UserError(f"{root}/mean_image.npy has shape {mean_image.shape}, the images are "
                         f"{files.image_size}x{files.image_size}x3: recompute it with `cli.py stats --recompute`")
     norm = normalization(cfg, ds.stats, mean_image)
-    loader = DaliLoader(files, cfg, norm, batch_size, gpu, rank, world_size, seed, with_params)
+    loader = DaliLoader(files, cfg, norm, batch_size, device, rank, world_size, seed, with_params)
     if state is not None:
         loader.load_state_dict(state)
     return loader
 
 
-def resolve_device(device) -> bool:
-    """True for a CUDA device (DALI then decodes on the GPU torch is using), False for the CPU."""
-    kind = torch.device(device).type
-    if kind == "cpu":
-        return False
-    if kind != "cuda":
+def resolve_device(device) -> torch.device:
+    """The device DALI works on: the CPU, or a CUDA device with its index ('cuda' = torch's current one)."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
         raise UserError(f"device={device!r}: the loader runs on 'cuda' or 'cpu'")
     if not torch.cuda.is_available():
         raise UserError(f"device={device!r} but no CUDA GPU is visible (torch.cuda.is_available() is False): "
                         "use device='cpu' (--device cpu / --gpus 0)")
-    return True
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise UserError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device("cuda", index)
 
 
 def pipeline_seed(seed: int, rank: int) -> int:
@@ -88,10 +91,11 @@ def pipeline_seed(seed: int, rank: int) -> int:
 class DaliLoader:
     """See the module docstring for the epoch, padding and resume contract."""
 
-    def __init__(self, files: SplitFiles, cfg: PipelineConfig, norm: dict, batch_size: int, gpu: bool, rank: int,
-                 world_size: int, seed: int, with_params: bool = False):
+    def __init__(self, files: SplitFiles, cfg: PipelineConfig, norm: dict, batch_size: int, device: torch.device,
+                 rank: int, world_size: int, seed: int, with_params: bool = False):
         self.files, self.cfg, self.norm, self.batch_size = files, cfg, norm, batch_size
-        self.gpu, self.rank, self.world_size, self.seed = gpu, rank, world_size, seed
+        self.device, self.gpu = device, device.type == "cuda"
+        self.rank, self.world_size, self.seed = rank, world_size, seed
         self.with_params = with_params
         self.parts = rank_counts(files.count, world_size)  # samples of each reader part
         # pad_last_batch: DALI pads every part to the batches of the largest one, so all ranks' reader epochs
@@ -102,7 +106,6 @@ class DaliLoader:
         self._checkpoint: bytes | None = None  # restore from this when the pipeline is (re)built
         self._iterator = None
         self._token = None  # the live iteration; a new iter() retires the previous one
-        self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
 
     def __len__(self) -> int:
         return self.batches
@@ -125,6 +128,8 @@ class DaliLoader:
 
     def _finish_batch(self, out: dict, t: int):
         images, labels = out["images"], out["labels"]
+        if self.gpu:  # DALI wrote [..., H, W, C]: hand out the NCHW view of it, which is channels_last, no copy
+            images = images.movedim(-1, -3)
         if self.cfg.dtype == "bfloat16":
             images = images.to(torch.bfloat16)
         real = self.part_size(self.epoch) - t * self.batch_size  # samples of this rank's part in batch t

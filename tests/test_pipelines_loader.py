@@ -268,7 +268,42 @@ def test_gpu_batches_on_the_device(sample_shards, mode):
 
 
 @pytest.mark.gpu
+def test_gpu_batches_are_channels_last_views_of_dali_output(sample_shards):
+    images, _ = next(iter(pipelines.build_loader(sample_shards, "train", batch_size=8, device="cuda", num_threads=2)))
+    assert images.shape == (8, 3, 227, 227) and images.is_contiguous(memory_format=torch.channels_last)
+    cpu, _ = next(iter(build(sample_shards, "val", mean="image")))
+    gpu, _ = next(iter(pipelines.build_loader(sample_shards, "val", batch_size=8, device="cuda", mean="image")))
+    assert (gpu.cpu() - cpu).abs().mean() < 1.5  # the same views (up to nvJPEG's IDCT) in the same channel order
+
+
+@pytest.mark.gpu
+def test_gpu_loader_honours_the_device_index(sample_shards):
+    last = torch.cuda.device_count() - 1
+    loader = pipelines.build_loader(sample_shards, "val", batch_size=8, device=f"cuda:{last}", num_threads=2)
+    images, labels = next(iter(loader))
+    assert images.device == labels.device == torch.device("cuda", last)
+    with pytest.raises(UserError, match="CUDA device"):
+        pipelines.build_loader(sample_shards, "val", batch_size=8, device=f"cuda:{last + 1}")
+
+
+@pytest.mark.gpu
+def test_gpu_decoder_really_runs_on_the_gpu(sample_shards):
+    """DALI's "mixed" decoder silently decodes on the CPU when nvImageCodec cannot load nvJPEG (e.g. the
+    nvidia-nvjpeg package is missing): then no libnvjpeg is mapped into this process. Fail loudly instead."""
+    loader = pipelines.build_loader(sample_shards, "val", batch_size=8, device="cuda", num_threads=1,
+                                    hw_decoder_load=1.0)
+    next(iter(loader))
+    with open("/proc/self/maps") as f:
+        mapped = {line.split()[-1] for line in f if "/" in line}
+    assert any("libnvjpeg.so" in path for path in mapped), "nvJPEG is not loaded: the GPU decoder fell back to the CPU"
+    assert any("libnvimgcodec" in path for path in mapped)
+
+
+@pytest.mark.gpu
 def test_gpu_resume(sample_shards):
+    """Relies on: DALI checkpointing restoring the reader position, shuffle buffer and the random ops' states
+    of a pipeline whose decoder runs on the GPU, and on nvJPEG (and the hardware decoder) decoding the same
+    bytes to the same pixels every time on the same GPU: the batches are compared bit for bit."""
     kw = dict(batch_size=16, device="cuda", num_threads=2, seed=7)
     full = [(x.cpu(), y.cpu()) for x, y in take(pipelines.build_loader(sample_shards, "train", **kw), 8)]
     loader = pipelines.build_loader(sample_shards, "train", **kw)

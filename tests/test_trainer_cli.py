@@ -62,6 +62,7 @@ def test_eval_plot_bench_flag_errors(sample_shards, tmp_path, no_gpus):
     assert code == 2 and "no GPU is visible" in output
 
 
+@pytest.mark.slow
 def test_bench_train_reports_model_alone_and_end_to_end(sample_shards, tmp_path):
     import json
 
@@ -77,3 +78,22 @@ def test_bench_train_reports_model_alone_and_end_to_end(sample_shards, tmp_path)
     report = json.loads(out.read_text())
     assert report["model_alone_images_per_s"] > 0 and report["end_to_end_images_per_s"] > 0
     assert 0 <= report["end_to_end_data_wait_share"] <= 1
+    assert 2.2 < report["gflop_per_image_forward"] < 2.3 and report["model_alone_mfu"] is None  # no CPU peak
+    assert report["model_alone_tflops"] == pytest.approx(
+        report["model_alone_images_per_s"] * report["gflop_per_image_train_step"] / 1e3)
+
+
+@pytest.mark.parametrize("arch,groups", [("alexnet", 1), ("alexnet-2012", 2)])
+def test_flops_per_image_match_the_layer_table(arch, groups):
+    """FlopCounterMode's count against 2 x multiply-adds of every conv and FC layer written out (1000 classes)."""
+    from bench.train import flops_per_image
+
+    convs = [(3, 96, 11, 55, 1), (96, 256, 5, 27, groups), (256, 384, 3, 13, 1), (384, 384, 3, 13, groups),
+             (384, 256, 3, 13, groups)]  # (in, out, kernel, output side, groups)
+    forward = sum(2 * cout * cin // g * k * k * side * side for cin, cout, k, side, g in convs)
+    forward += sum(2 * cin * cout for cin, cout in ((9216, 4096), (4096, 4096), (4096, 1000)))
+    counted, train_step = flops_per_image(arch, 1000)
+    assert counted == forward
+    conv1_input_grad = 2 * 96 * 3 * 11 * 11 * 55 * 55  # the image needs no gradient: the one layer without it
+    assert train_step == 3 * forward - conv1_input_grad
+    assert round(forward / 1e9, 2) == (2.27 if arch == "alexnet" else 1.45)

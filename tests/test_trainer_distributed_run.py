@@ -1,23 +1,26 @@
-"""The distributed path over gloo (2 CPU processes) and exact resume, on real images through the real loader."""
+"""The distributed path over gloo (2 CPU processes), exact resume, --resume --lr and the non-finite stop, on
+real images through the real loader."""
+import json
+
 import pytest
 import torch
+from click.testing import CliRunner
 
 import pipelines
 import trainer.train
-from shards.errors import UserError
+from cli import main
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import DistInfo
 from trainer.evaluate import evaluate_loader
-from trainer.loop import train_step
 from trainer.metrics import read_metrics
 from trainer.model import build_model
-from trainer.train import TrainConfig, launch
+from trainer.train import TrainConfig, launch, train_step
 
 LR = 1e-4  # see test_trainer_train.py
 
 
 def config(sample_shards, out, **kw) -> TrainConfig:
-    return TrainConfig(shards=sample_shards, out=str(out), lr=LR, log_every=1, progress=False, **kw)
+    return TrainConfig(**{"shards": sample_shards, "out": str(out), "lr": LR, "log_every": 1, "progress": False, **kw})
 
 
 def rank_batch(sample_shards, rank, world_size, batch_size):
@@ -34,6 +37,7 @@ def relative_difference(a: dict, b: dict, reference: dict) -> float:
     return (num / den).sqrt().item()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_on_the_concatenated_batches(sample_shards, tmp_path):
     out = tmp_path / "ddp"
     # batch 5: 48 validation images = 24 per rank = 5 batches, the last padded with one label -1 sample
@@ -70,6 +74,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(sample_shards, tmp_path, monkeypatch):
     kw = dict(batch_size=4, checkpoint_minutes=0)  # dropout on: the resumed run must restore the RNG too
     launch(config(sample_shards, tmp_path / "straight", max_steps=4, **kw))
@@ -100,8 +105,37 @@ def test_kill_and_resume_equals_an_uninterrupted_run(sample_shards, tmp_path, mo
     assert resumed == losses  # steps 1-2 before the kill, 3-4 after it: the same losses
 
 
-def test_non_finite_loss_stops_naming_the_step(sample_shards, tmp_path):
-    with pytest.raises(UserError, match=r"non-finite \(inf/NaN\) at step \d+ .*no checkpoint"):
-        launch(TrainConfig(shards=sample_shards, out=str(tmp_path / "nan"), lr=1e6, batch_size=4, max_steps=6,
-                           log_every=3, progress=False))
-    assert all(r["loss"] < 1e30 for r in read_metrics(str(tmp_path / "nan")))  # rows before it stay on disk
+@pytest.mark.slow
+def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(sample_shards, tmp_path):
+    out = tmp_path / "lr"
+    kw = dict(batch_size=4, schedule="step")
+    launch(config(sample_shards, out, max_steps=1, **kw))
+    launch(config(sample_shards, out, max_steps=2, resume=True, **{**kw, "lr": 5e-5}))
+    state = load_checkpoint(str(out / "checkpoint.pt"))
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [5e-5]
+    assert state["scheduler"]["base_lrs"] == [5e-5]  # the step schedule divides the new lr from here
+    assert json.load(open(out / "config.json"))["lr"] == 5e-5
+    launch(config(sample_shards, out, max_steps=3, resume=True, **{**kw, "lr": None}))  # no --lr: keep it
+    assert json.load(open(out / "config.json"))["lr"] == 5e-5
+    lrs = [(r["step"], r["lr"]) for r in read_metrics(str(out)) if r["kind"] == "train"]
+    assert lrs == [(1, LR), (2, 5e-5), (3, 5e-5)]
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(sample_shards, tmp_path):
+    out = tmp_path / "nan"
+    launch(config(sample_shards, out, batch_size=4, max_steps=2))  # a good checkpoint at step 2
+    good = load_checkpoint(str(out / "checkpoint.pt"))
+    result = CliRunner().invoke(main, ["train", "--shards", sample_shards, "--out", str(out), "--resume",
+                                       "--lr", "1e6", "--batch-size", "4", "--max-steps", "12", "--log-every", "1"])
+    assert result.exit_code == 2, result.output
+    rows = read_metrics(str(out))
+    (stop,) = [r for r in rows if r["kind"] == "stop"]
+    assert 3 <= stop["step"] <= 12 and stop["reason"] == "non-finite loss" and stop["lr"] == 1e6
+    assert f"non-finite (inf/NaN) at step {stop['step']} " in result.output
+    assert f"the last good checkpoint {out / 'checkpoint.pt'} is kept" in result.output
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, stop["step"]))  # every step before it, logged
+    assert max(r["loss"] for r in train_rows) < 1e30
+    kept = load_checkpoint(str(out / "checkpoint.pt"))
+    assert kept["step"] == 2 and all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())

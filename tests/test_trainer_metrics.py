@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shards.errors import UserError
-from trainer.loop import make_scheduler, schedule_step
+from trainer.train import make_scheduler, schedule_step
 from trainer.metrics import MetricsLog, errors_from_counts, read_metrics, ten_crop_probs, topk_correct
 from trainer.plot import plot_run
 
@@ -76,7 +76,7 @@ def test_jsonl_rows(run_dir):
     assert rows[-1] == {"kind": "val", "step": 50, "epoch": 1, "epoch_end": True, "val_loss": 1.2,
                         "top1_err": 0.6, "top5_err": 0.2, "lr": 0.01}
     assert all(math.isfinite(r["step"]) for r in rows)
-    json.dumps(rows)
+    assert json.loads(json.dumps(rows)) == rows  # plain JSON values (no NaN, which would not compare equal)
 
 
 def test_plot_writes_a_png(run_dir, tmp_path):

@@ -74,6 +74,34 @@ def test_lrn_is_the_papers_formula():
     torch.testing.assert_close(LocalResponseNorm(groups=2)(a), halves)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_lrn_matches_torch_forward_and_backward(groups, channels_last):
+    """At conv1's shape (96 x 55 x 55) in fp32, against nn.LocalResponseNorm (alpha * n: torch divides by n)."""
+    torch.manual_seed(0)
+    a = (torch.randn(4, 96, 55, 55) * 30).relu()  # post-ReLU activations, large enough for the sum to matter
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(a.shape)
+    torch_lrn = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+    x, ref = a.clone().requires_grad_(), a.clone().requires_grad_()
+    out = LocalResponseNorm(groups)(x)
+    expected = torch.cat([torch_lrn(part) for part in ref.chunk(groups, dim=1)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert out.dtype == a.dtype and out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-6)
+    assert (out - a).abs().max() > 1  # the normalisation really changed the activations
+
+
+def test_fused_lrn_in_bfloat16_stays_bfloat16():
+    a = (torch.randn(2, 96, 13, 13) * 30).relu()
+    out = LocalResponseNorm()(a.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), LocalResponseNorm()(a), rtol=2e-2, atol=1e-2)
+
+
 def test_two_tower_convs_are_grouped(models):
     groups = [m.groups for m in models["alexnet-2012"].features if isinstance(m, torch.nn.Conv2d)]
     assert groups == [1, 2, 1, 2, 2]  # Fig. 2: conv3 (and the FCs) connect across the GPUs

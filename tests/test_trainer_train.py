@@ -6,6 +6,9 @@ of 4-8 it overshoots (each class's output weights get a large share of the gradi
 """
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,10 +20,9 @@ from cli import main
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import DistInfo
 from trainer.evaluate import evaluate_loader
-from trainer.loop import train_step
 from trainer.metrics import read_metrics
 from trainer.model import build_model
-from trainer.train import TrainConfig, launch
+from trainer.train import TrainConfig, launch, train_step
 
 LR = 1e-4
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -33,7 +35,8 @@ def val_loader(sample_shards, batch_size, mode="center"):
 
 
 def config(sample_shards, out, **kw) -> TrainConfig:
-    return TrainConfig(shards=sample_shards, out=str(out), lr=LR, log_every=1, progress=False, **kw)
+    return TrainConfig(**{"shards": sample_shards, "out": str(out), "lr": LR, "log_every": 1, "progress": False,
+                          **kw})
 
 
 def paper_sgd(model, lr=LR):
@@ -54,6 +57,7 @@ def short_run(sample_shards, tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
     torch.manual_seed(0)  # the trainer's initial weights (seed 0)
     before = evaluate_loader(build_model(8), val_loader(sample_shards, 16), CPU)
@@ -66,9 +70,13 @@ def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
     assert val["val_loss"] < before["loss"], (before, val)
     saved = json.load(open(f"{short_run}/config.json"))
     assert saved["mean"] == "image" and saved["lr"] == LR and saved["global_batch"] == 8 and saved["num_classes"] == 8
+    pipeline = saved["pipeline"]  # the loader settings the run really used
+    assert (pipeline["train"]["mode"], pipeline["val"]["mode"]) == ("train", "center")
+    assert pipeline["train"]["mean"] == "image" and pipeline["train"]["lighting_std"] == 0.1
     assert load_checkpoint(f"{short_run}/checkpoint.pt")["step"] == 8
 
 
+@pytest.mark.slow
 def test_overfits_a_tiny_batch(sample_shards):
     images, labels = next(iter(pipelines.build_loader(sample_shards, split="train", batch_size=4, device="cpu",
                                                       mode="center", mean="image")))
@@ -85,6 +93,7 @@ def hand_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, floa
     return 1 - (rank < 1).float().mean().item(), 1 - (rank < 5).float().mean().item()
 
 
+@pytest.mark.slow
 def test_eval_matches_a_hand_computation(short_run, sample_shards):
     checkpoint = f"{short_run}/checkpoint.pt"
     result = CliRunner().invoke(main, ["eval", "--shards", sample_shards, "--checkpoint", checkpoint, "--gpus", "0",
@@ -107,6 +116,7 @@ def test_eval_matches_a_hand_computation(short_run, sample_shards):
     assert val["top1_err"] == pytest.approx(top1) and val["top5_err"] == pytest.approx(top5)
 
 
+@pytest.mark.slow
 def test_ten_crop_eval_averages_the_softmax_of_the_ten_views(short_run, sample_shards):
     model = load_model(f"{short_run}/checkpoint.pt")
     outputs, labels = [], []
@@ -137,6 +147,23 @@ def test_ten_crop_eval_averages_the_softmax_of_the_ten_views(short_run, sample_s
     assert got["top1_err"] == pytest.approx(top1) and got["top5_err"] == pytest.approx(top5)
 
 
+@pytest.mark.slow
+def test_train_off_a_terminal_prints_plain_lines_without_redraws(sample_shards, tmp_path):
+    """Output redirected to a file (a batch job's log): no progress-bar redraws, the periodic step lines."""
+    log = tmp_path / "train.log"
+    with open(log, "wb") as f:
+        done = subprocess.run([sys.executable, "cli.py", "train", "--shards", sample_shards, "--out", str(tmp_path / "run"),
+                               "--gpus", "0", "--batch-size", "4", "--max-steps", "3", "--log-every", "1", "--lr", "1e-4"],
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=f, stderr=f,
+                              timeout=300)
+    text = log.read_bytes().decode()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "\x1b[" not in text  # no carriage-return redraws, no cursor movement
+    steps = [line.split()[1] for line in text.splitlines() if line.startswith("step ")]
+    assert steps == ["1", "2", "3"]
+
+
+@pytest.mark.slow
 def test_plot_of_a_real_run(short_run):
     result = CliRunner().invoke(main, ["plot", "--run", short_run])
     assert result.exit_code == 0 and result.output.strip() == f"wrote {short_run}/curves.png"

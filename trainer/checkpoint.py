@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import numpy as np
 import torch
 
 from shards.errors import UserError
+
+from .distributed import DistInfo, all_gather_objects
 
 FORMAT = "alexnet-wds-checkpoint"
 VERSION = 1
@@ -49,6 +52,20 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if state.get("version") != VERSION:
         raise UserError(f"{path} has checkpoint version {state.get('version')}, this trainer reads {VERSION}")
     return state
+
+
+def save_state(path: str, model, optimizer, scheduler, progress, loader, info: DistInfo, config: dict,
+               classes: list[str]) -> None:
+    """Collective: every rank hands over its RNG states and loader position; the primary rank writes.
+    `progress` is the trainer's EpochState (epoch, step, batch, best_top1; its clock is reset here)."""
+    ranks = all_gather_objects({"rng": rng_state(), "loader": loader.state_dict()}, info)
+    if info.is_primary:
+        save_checkpoint(path, {
+            "model": strip_wrappers(model.state_dict()), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": progress.epoch, "step": progress.step,
+            "batch": progress.batch, "best_top1": progress.best_top1, "ranks": ranks, "config": config,
+            "classes": list(classes)})
+    progress.last_checkpoint = time.time()
 
 
 def rng_state() -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,39 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def launch(worker, cfg):
+    """Run `worker(cfg, info)` once per process: in this process, in one spawned process per GPU / per CPU
+    process (`cfg.gpus`, `cfg.procs`), or in the group torchrun set up. Returns the worker's result in a
+    single process (None when processes were spawned). Train and eval both start here."""
+    backend = getattr(cfg, "backend", None)
+    if under_launcher():
+        return _run(worker, cfg)
+    nprocs, kind = plan_processes(cfg.gpus, cfg.procs)
+    if backend == "nccl" and kind != "cuda":
+        raise UserError("--backend nccl needs GPUs; CPU processes (--procs N, --gpus 0) use gloo")
+    if nprocs == 1:
+        return _run(worker, cfg, kind)
+    spawn(_run, (worker, cfg), nprocs, kind)
+    return None
+
+
+def _run(worker, cfg, device_kind: str | None = None):
+    info = setup_distributed(device_kind, getattr(cfg, "backend", None))
+    try:
+        return worker(cfg, info)
+    finally:
+        cleanup_distributed()
+
+
+def say(info: DistInfo, msg: str) -> None:
+    """Print on the primary rank only (nanoGPT's master_process), above a progress bar if one is drawn."""
+    if info.is_primary:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def under_launcher() -> bool:

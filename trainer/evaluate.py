@@ -6,7 +6,6 @@ With `--ten-crop` the softmax of the 10 views (4 corners + centre, and their mir
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 
@@ -15,9 +14,10 @@ import torch.nn.functional as F
 
 from shards.errors import UserError
 
+from . import distributed
 from .checkpoint import load_checkpoint
-from .distributed import DistInfo, all_reduce_sum, cleanup_distributed, plan_processes, setup_distributed, spawn, \
-    under_launcher
+from .device import autocast, place_model, setup_device, to_model_input
+from .distributed import DistInfo, all_reduce_sum
 from .metrics import errors_from_counts, ten_crop_probs, topk_correct
 from .model import build_model
 
@@ -34,21 +34,6 @@ class EvalConfig:
     as_json: bool = False
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """channels_last on CUDA: cuDNN's fastest convolution layout for NHWC tensor cores."""
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda" and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
 @torch.no_grad()
 def evaluate_loader(model: torch.nn.Module, loader, info: DistInfo, ten_crop: bool = False) -> dict:
     """{'loss', 'top1_err', 'top5_err', 'count'} over the whole split, summed over ranks."""
@@ -63,9 +48,9 @@ def evaluate_loader(model: torch.nn.Module, loader, info: DistInfo, ten_crop: bo
                 scores = probs.clamp_min(1e-12).log()  # log of the averaged softmax: NLL of the ensemble
             else:
                 scores = model(to_model_input(images, info.device)).float().log_softmax(dim=1)
-        keep = labels >= 0
-        sums[0] += F.nll_loss(scores[keep], labels[keep], reduction="sum").double()
-        sums[1] += keep.sum()
+        # padding (label -1) drops out without a boolean-mask selection, so the host never waits per batch
+        sums[0] += F.nll_loss(scores, labels, ignore_index=-1, reduction="sum").double()
+        sums[1] += (labels >= 0).sum()
         sums[2:] += topk_correct(scores, labels, (1, 5)).double()
     all_reduce_sum(sums, info)
     loss_sum, count, c1, c5 = sums.tolist()
@@ -77,50 +62,34 @@ def evaluate_command(cfg: EvalConfig) -> dict | None:
     """`cli.py eval`: load a checkpoint, measure top-1/top-5 error on the validation split, print it."""
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
-    nprocs, kind = plan_processes(cfg.gpus, cfg.procs)
-    load_checkpoint(cfg.checkpoint)  # fail fast (one clear line) before any process starts
-    if under_launcher():
-        return eval_worker(cfg)
-    if nprocs == 1:
-        return eval_worker(cfg, kind)
-    spawn(eval_worker, (cfg,), nprocs, kind)
-    return None
+    distributed.plan_processes(cfg.gpus, cfg.procs)  # fail fast (one clear line) before any process starts
+    load_checkpoint(cfg.checkpoint)
+    return distributed.launch(evaluate, cfg)
 
 
-def eval_worker(cfg: EvalConfig, device_kind: str | None = None) -> dict:
+def evaluate(cfg: EvalConfig, info: DistInfo) -> dict:
     import pipelines
     import shards
 
-    info = setup_distributed(device_kind)
-    try:
-        state = load_checkpoint(cfg.checkpoint)
-        ds = shards.open(cfg.shards)
-        if state["classes"] != ds.classes:
-            raise UserError(f"{cfg.checkpoint} was trained on {len(state['classes'])} classes that differ from the "
-                            f"{len(ds.classes)} classes of {cfg.shards}")
-        model = build_model(len(ds.classes), state["config"]["arch"])
-        model.load_state_dict(state["model"])
-        model.to(info.device)
-        if info.device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
-        loader = pipelines.build_loader(cfg.shards, split="val", batch_size=cfg.batch_size,
-                                        device=info.device.type, rank=info.rank, world_size=info.world_size,
-                                        mode="ten_crop" if cfg.ten_crop else "center",
-                                        mean=state["config"]["mean"], **_workers(cfg.workers))
-        result = evaluate_loader(model, loader, info, ten_crop=cfg.ten_crop)
-        result.update(checkpoint=cfg.checkpoint, step=state["step"], epoch=state["epoch"], ten_crop=cfg.ten_crop)
-        if info.is_primary:
-            views = "10-crop" if cfg.ten_crop else "centre crop"
-            print(f"{cfg.checkpoint} (step {state['step']}, {views}, {result['count']} images): "
-                  f"top-1 error {result['top1_err']:.2%}, top-5 error {result['top5_err']:.2%}, "
-                  f"loss {result['loss']:.4f}")
-            if cfg.as_json:
-                print(json.dumps(result))
-        return result
-    finally:
-        cleanup_distributed()
-
-
-def _workers(workers: int | None) -> dict:
-    return {} if workers is None else {"num_threads": workers}
-
+    state = load_checkpoint(cfg.checkpoint)
+    ds = shards.open(cfg.shards)
+    if state["classes"] != ds.classes:
+        raise UserError(f"{cfg.checkpoint} was trained on {len(state['classes'])} classes that differ from the "
+                        f"{len(ds.classes)} classes of {cfg.shards}")
+    setup_device(info.device)
+    model = build_model(len(ds.classes), state["config"]["arch"])
+    model.load_state_dict(state["model"])
+    model = place_model(model, info.device)
+    loader = pipelines.build_loader(cfg.shards, split="val", batch_size=cfg.batch_size, device=info.device,
+                                    rank=info.rank, world_size=info.world_size, num_threads=cfg.workers,
+                                    mode="ten_crop" if cfg.ten_crop else "center", mean=state["config"]["mean"])
+    result = evaluate_loader(model, loader, info, ten_crop=cfg.ten_crop)
+    result.update(checkpoint=cfg.checkpoint, step=state["step"], epoch=state["epoch"], ten_crop=cfg.ten_crop)
+    if info.is_primary:
+        views = "10-crop" if cfg.ten_crop else "centre crop"
+        print(f"{cfg.checkpoint} (step {state['step']}, {views}, {result['count']} images): "
+              f"top-1 error {result['top1_err']:.2%}, top-5 error {result['top5_err']:.2%}, "
+              f"loss {result['loss']:.4f}")
+        if cfg.as_json:
+            print(json.dumps(result))
+    return result

@@ -1,21 +1,25 @@
-"""Pure metric functions (top-k, 10-crop averaging) and the two log channels (a JSONL row per interval/epoch
-in the run folder, TensorBoard when installed). Human lines are printed by the training loop itself."""
+"""Pure metric functions (top-k, 10-crop averaging), the training interval accumulator, and the two log
+channels (a JSONL row per interval/epoch in the run folder, TensorBoard when installed). Human lines are
+printed by the training loop itself."""
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import torch
+import torch.distributed as dist
+
+from .distributed import DistInfo, all_reduce_sum
 
 METRICS_NAME = "metrics.jsonl"
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
     """Per k, how many samples have their label among the k highest scores; samples with label < 0 (padding
-    that makes every rank see equal batches) are not counted. Returns a float tensor [len(ks)] on the device,
-    so callers can sum over batches and ranks before one `.item()`."""
-    keep = labels >= 0
-    logits, labels = logits[keep], labels[keep]
+    that makes every rank see equal batches) never match a class index, so they are not counted - without a
+    boolean-mask selection (whose data-dependent size would make the host wait for the device). Returns a
+    float tensor [len(ks)] on the device, so callers can sum over batches and ranks before one `.item()`."""
     k_max = min(max(ks), logits.shape[1])
     top = logits.topk(k_max, dim=1).indices  # [N, k_max], best first
     hit = top == labels[:, None]
@@ -35,6 +39,62 @@ def errors_from_counts(correct: list[float], count: float, ks: tuple[int, ...] =
     out = {f"top{k}_err": (1.0 - c / count) if count else float("nan") for k, c in zip(ks, correct)}
     out["count"] = int(count)
     return out
+
+
+class NonFiniteLoss(Exception):
+    """The loss became inf/NaN; `step` is the first such optimizer step (over all ranks)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"the loss became non-finite (inf/NaN) at step {step}")
+        self.step = step
+
+
+class Interval:
+    """The training statistics of one log interval, kept on the device so that no step waits for the host.
+
+    `add` once per step; `close` once per interval: one reduction over ranks (the interval's only host sync,
+    which also carries a flag such as rank 0's "checkpoint due"), raises NonFiniteLoss naming the first bad
+    step, and starts the next interval. `epoch_loss` averages the closed intervals of the epoch.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.epoch_sum, self.epoch_steps = 0.0, 0
+        self._start()
+
+    def _start(self) -> None:
+        self.sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, steps, non-finite steps
+        self.first_bad = torch.full((), 2**62, device=self.device, dtype=torch.int64)
+        self.last = torch.zeros((), device=self.device)
+        self.steps, self.wait, self.started = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, step: int, wait: float) -> None:
+        finite = torch.isfinite(loss)
+        self.first_bad = torch.where(finite, self.first_bad, self.first_bad.clamp(max=step))
+        kept = torch.where(finite, loss, torch.zeros_like(loss)).double()
+        self.sums += torch.stack([kept, torch.ones_like(kept), (~finite).double()])
+        self.last, self.steps, self.wait = loss, self.steps + 1, self.wait + wait
+
+    def close(self, info: DistInfo, flag: bool = False) -> dict:
+        """{'loss' (interval mean), 'loss_now' (last step, mean over ranks), 'steps', 'seconds', 'data_wait'
+        (share of the interval spent waiting for data), 'flag' (set on any rank)}."""
+        seconds = time.perf_counter() - self.started
+        vec = torch.cat([self.sums, self.last.double().view(1).nan_to_num(0.0),
+                         torch.tensor([self.wait, float(flag)], device=self.device, dtype=torch.float64)])
+        loss_sum, n, bad, loss_now, wait, flag = all_reduce_sum(vec, info).tolist()
+        if bad:
+            if info.distributed:
+                dist.all_reduce(self.first_bad, op=dist.ReduceOp.MIN)
+            raise NonFiniteLoss(int(self.first_bad.item()))
+        self.epoch_sum, self.epoch_steps = self.epoch_sum + loss_sum, self.epoch_steps + int(n)
+        row = {"loss": loss_sum / n, "loss_now": loss_now / info.world_size, "steps": self.steps,
+               "seconds": seconds, "data_wait": wait / info.world_size / seconds, "flag": bool(flag)}
+        self._start()
+        return row
+
+    @property
+    def epoch_loss(self) -> float:
+        return self.epoch_sum / self.epoch_steps if self.epoch_steps else float("nan")
 
 
 class MetricsLog:

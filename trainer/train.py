@@ -1,34 +1,46 @@
 """`cli.py train`: AlexNet on the shards, as in Krizhevsky, Sutskever & Hinton (2012), Sec. 5.
 
-Reads top to bottom like nanoGPT's train.py: plan processes -> set up rank/device -> data -> model ->
-optimizer/schedule -> (resume) -> loop over epochs (train, validate, checkpoint). One process per GPU
-(NCCL + DistributedDataParallel), N CPU processes over gloo (`--procs`), or whatever torchrun set up.
-The batch size is per process; the effective global batch is batch_size x world size (printed at start).
+Reads top to bottom like nanoGPT's train.py: config -> set up rank/device -> data -> model ->
+optimizer/schedule -> (resume) -> loop over epochs (train, validate, checkpoint) -> one training step.
+One process per GPU (NCCL + DistributedDataParallel), N CPU processes over gloo (`--procs`), or whatever
+torchrun set up (`distributed.launch`). The batch size is per process; the effective global batch is
+batch_size x world size (printed at start).
+
+No host sync per step: the loss, the non-finite check and the step count stay on the device
+(`metrics.Interval`) and are reduced over ranks once per `log_every` steps; the same reduction carries rank
+0's "checkpoint due" flag, so every rank agrees on when to take a time-based checkpoint.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+import sys
+import time
+from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from shards.errors import UserError
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, set_rng_state
-from .distributed import DistInfo, cleanup_distributed, plan_processes, setup_distributed, spawn, under_launcher
+from . import distributed
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_state, set_rng_state
+from .device import autocast, place_model, setup_device, to_model_input
+from .distributed import DistInfo, say
 from .evaluate import evaluate_loader
-from .loop import EpochState, NonFiniteLoss, make_scheduler, save_state, say, schedule_step, train_one_epoch
-from .metrics import MetricsLog
+from .metrics import Interval, MetricsLog, NonFiniteLoss
 from .model import ARCHS, build_model, describe
 
 CONFIG_NAME = "config.json"
+PAPER_LR = 0.01
 
 
 @dataclass
 class TrainConfig:
-    """Every knob of `cli.py train`; the defaults are the paper's (Sec. 5) unless a comment says otherwise."""
+    """Every knob of `cli.py train` (the CLI's options have these names); the paper's defaults (Sec. 5)."""
 
     shards: str = "./imagenet-wds"
     out: str = "./runs/alexnet"
@@ -37,7 +49,7 @@ class TrainConfig:
     backend: str | None = None      # None: nccl on GPUs, gloo on CPU
     epochs: int = 90                # "roughly 90 cycles through the training set"
     batch_size: int = 128           # per process
-    lr: float = 0.01                # not rescaled with the global batch: printed so you can choose
+    lr: float | None = None         # None: 0.01 (the paper) for a new run, the checkpoint's lr on --resume
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "plateau"       # "plateau": /10 when validation error stops improving; "step": /10 every N
@@ -54,20 +66,25 @@ class TrainConfig:
     checkpoint_minutes: float = 30.0
     log_every: int = 50             # steps between human lines / JSONL rows (the only host syncs)
     workers: int | None = None      # loader threads per process (None: the loader's default)
-    progress: bool = True
+    progress: bool = True           # a progress bar on a terminal (never when stderr is not a TTY)
+
+
+@dataclass
+class EpochState:
+    epoch: int = 0           # epochs completed
+    step: int = 0            # optimizer steps completed (all epochs)
+    batch: int = 0           # batches completed in the current epoch
+    best_top1: float = 1.0   # best validation top-1 error at an epoch end
+    last_epoch_loss: float = math.nan
+    last_checkpoint: float = field(default_factory=time.time)
+
+    def done(self, max_steps: int | None) -> bool:
+        return max_steps is not None and self.step >= max_steps
 
 
 def launch(cfg: TrainConfig) -> None:
-    """Check the config, then run one process, spawn one per GPU / CPU process, or join torchrun's group."""
     check_config(cfg)
-    if under_launcher():
-        return train_worker(cfg)
-    nprocs, kind = plan_processes(cfg.gpus, cfg.procs)
-    if cfg.backend == "nccl" and kind != "cuda":
-        raise UserError("--backend nccl needs GPUs; CPU processes (--procs N, --gpus 0) use gloo")
-    if nprocs == 1:
-        return train_worker(cfg, kind)
-    spawn(train_worker, (cfg,), nprocs, kind)
+    distributed.launch(train, cfg)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -76,7 +93,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
-    if not cfg.lr > 0:
+    if cfg.lr is not None and not cfg.lr > 0:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1 (got {cfg.max_steps})")
@@ -93,31 +110,34 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
 
 
-def train_worker(cfg: TrainConfig, device_kind: str | None = None) -> None:
-    info = setup_distributed(device_kind, cfg.backend)
-    try:
-        train(cfg, info)
-    finally:
-        cleanup_distributed()
-
-
 def train(cfg: TrainConfig, info: DistInfo) -> None:
     import pipelines
     import shards
 
-    # ---- inputs and run folder
+    # ---- inputs, device
     classes = shards.open(cfg.shards).classes
     ckpt_path = os.path.join(cfg.out, CHECKPOINT_NAME)
     state = load_checkpoint(ckpt_path) if cfg.resume else None
     if state is not None:
         check_resumable(state, cfg, classes, info)
-    cuda = info.device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest algorithms
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    restored_lr = state["optimizer"]["param_groups"][0]["lr"] if state is not None else None
+    lr = cfg.lr or restored_lr or PAPER_LR
+    setup_device(info.device)
+
+    # ---- data: each rank reads its own part of every epoch
+    loader_kw = dict(device=info.device, rank=info.rank, world_size=info.world_size, seed=cfg.seed,
+                     mean=cfg.mean, num_threads=cfg.workers, batch_size=cfg.batch_size)
+    train_loader = pipelines.build_loader(cfg.shards, split="train", mode="train", **loader_kw)
+    val_loader = pipelines.build_loader(cfg.shards, split="val", mode="center", **loader_kw)
+    if len(train_loader) == 0:
+        raise UserError(f"--batch-size {cfg.batch_size} x {info.world_size} process(es) is more than the "
+                        f"{shards.open(cfg.shards).count('train')} training images: lower --batch-size")
+
+    # ---- the run folder: the resolved config, pipeline settings included
     global_batch = cfg.batch_size * info.world_size
-    resolved = {**asdict(cfg), "world_size": info.world_size, "device": info.device.type,
-                "global_batch": global_batch, "num_classes": len(classes)}
+    resolved = {**asdict(cfg), "lr": lr, "world_size": info.world_size, "device": info.device.type,
+                "global_batch": global_batch, "num_classes": len(classes),
+                "pipeline": {"train": train_loader.cfg.to_dict(), "val": val_loader.cfg.to_dict()}}
     log = None
     if info.is_primary:
         os.makedirs(cfg.out, exist_ok=True)
@@ -125,28 +145,15 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
             json.dump(resolved, f, indent=2)
         say(info, "config:\n" + "\n".join(f"  {k}: {v}" for k, v in resolved.items()))
         say(info, f"{info.world_size} process(es) on {info.device.type}; batch {cfg.batch_size} per process -> "
-                  f"effective global batch {global_batch}, lr {cfg.lr:g} (the paper: batch 128, lr 0.01)")
+                  f"effective global batch {global_batch}, lr {lr:g} (the paper: batch 128, lr 0.01)")
         log = MetricsLog(cfg.out)
-
-    # ---- data: each rank reads its own part of every epoch
-    loader_kw = dict(device=info.device.type, rank=info.rank, world_size=info.world_size, seed=cfg.seed,
-                     mean=cfg.mean, **({} if cfg.workers is None else {"num_threads": cfg.workers}))
-    train_loader = pipelines.build_loader(cfg.shards, split="train", batch_size=cfg.batch_size, mode="train",
-                                          **loader_kw)
-    val_loader = pipelines.build_loader(cfg.shards, split="val", batch_size=cfg.batch_size, mode="center",
-                                        **loader_kw)
-    if len(train_loader) == 0:
-        raise UserError(f"--batch-size {cfg.batch_size} x {info.world_size} process(es) is more than the "
-                        f"{shards.open(cfg.shards).count('train')} training images: lower --batch-size")
 
     # ---- model, optimizer, schedule (the same initial weights on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
-    model = build_model(len(classes), cfg.arch, cfg.dropout).to(info.device)
+    model = place_model(build_model(len(classes), cfg.arch, cfg.dropout), info.device)
     say(info, describe(model))
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
     # Sec. 5: SGD, batch 128, momentum 0.9, weight decay 0.0005 (on all weights and biases, as in the paper)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     progress = EpochState()
     torch.manual_seed(cfg.seed + 1000 + info.rank)  # dropout masks differ between ranks, as between GPUs
@@ -154,15 +161,20 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        set_lr(optimizer, scheduler, lr)  # --resume --lr X: X from now on (else the restored lr: a no-op)
         progress = EpochState(epoch=state["epoch"], step=state["step"], batch=state["batch"],
                               best_top1=state["best_top1"])
         mine = state["ranks"][info.rank]
         set_rng_state(mine["rng"])
         train_loader.load_state_dict(mine["loader"])
-        say(info, f"resumed {ckpt_path}: epoch {progress.epoch}, step {progress.step}")
-    net = model = torch.compile(model) if cuda and cfg.compile else model
-    if info.distributed:
-        net = DistributedDataParallel(net, device_ids=[info.local_rank] if cuda else None)
+        say(info, f"resumed {ckpt_path}: epoch {progress.epoch}, step {progress.step}, lr {restored_lr:g}"
+                  + (f" -> {lr:g} (--lr)" if lr != restored_lr else ""))
+    # DDP first, then compile the whole (torch.compile(DDP(model))): Dynamo splits the graph at DDP's bucket
+    # boundaries so the gradient all-reduce overlaps the backward (DDPOptimizer); `model` stays the plain module.
+    net = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
+        if info.distributed else model
+    if cfg.compile and info.device.type == "cuda":
+        net = torch.compile(net)
 
     # ---- loop: train an epoch, validate, step the schedule, checkpoint
     def checkpoint():
@@ -190,7 +202,10 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
     except NonFiniteLoss as e:
         kept = (f"the last good checkpoint {ckpt_path} is kept (not overwritten)" if os.path.isfile(ckpt_path)
                 else "no checkpoint was written")
-        raise UserError(f"{e}; {kept}; lower --lr (now {cfg.lr:g}) and rerun") from None
+        if log:
+            log.write("stop", e.step, reason="non-finite loss", lr=optimizer.param_groups[0]["lr"])
+        raise UserError(f"{e} (epoch {progress.epoch + 1}, lr {optimizer.param_groups[0]['lr']:g}); {kept}; "
+                        "lower --lr and rerun") from None
     finally:
         if log:
             log.close()
@@ -200,6 +215,102 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
     else:
         say(info, f"finished {cfg.epochs} epochs ({progress.step} steps); best top-1 error "
                   f"{progress.best_top1:.2%}; evaluate 10-crop with `cli.py eval --checkpoint {ckpt_path} --ten-crop`")
+
+
+def train_one_epoch(net, optimizer, loader, progress: EpochState, cfg: TrainConfig, info: DistInfo, log,
+                    checkpoint) -> bool:
+    """SGD over the rest of the current epoch; True at the epoch's end, False when --max-steps stopped it.
+    A progress bar only on a terminal; the log lines every `log_every` steps are plain lines either way."""
+    net.train()
+    bar = tqdm(total=len(loader), initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+               unit="batch", leave=False, dynamic_ncols=True,
+               disable=not (info.is_primary and cfg.progress and sys.stderr.isatty()))
+    interval = Interval(info.device)
+    start, it = progress.batch, iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            images, labels = next(it)
+        except StopIteration:
+            break
+        wait = time.perf_counter() - t0
+        loss = train_step(net, optimizer, to_model_input(images, info.device),
+                          labels.to(info.device, non_blocking=True))
+        progress.step, progress.batch = progress.step + 1, progress.batch + 1
+        interval.add(loss, progress.step, wait)
+        bar.update(1)
+        stop = progress.done(cfg.max_steps)
+        if progress.step % cfg.log_every == 0 or stop or progress.batch == len(loader):
+            due = info.is_primary and time.time() - progress.last_checkpoint >= cfg.checkpoint_minutes * 60
+            row = interval.close(info, flag=due)  # the interval's only host sync; raises NonFiniteLoss
+            log_interval(row, progress, optimizer, cfg, info, log, bar, len(loader))
+            if row["flag"]:
+                checkpoint()
+        if stop:
+            break
+    bar.close()
+    if progress.batch == start:
+        raise RuntimeError(f"the training loader yielded no batches (epoch {progress.epoch + 1}, "
+                           f"{start} of {len(loader)} batches done)")
+    progress.last_epoch_loss = interval.epoch_loss
+    if progress.batch < len(loader):  # --max-steps stopped it inside the epoch
+        return False
+    next(it, None)  # stopped on the last batch: let the loader close its epoch (its state moves to the next)
+    progress.batch = 0
+    return True
+
+
+def train_step(net, optimizer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One SGD step on a batch already on the device; returns the loss (detached, still on the device)."""
+    with autocast(images.device):  # bf16 on CUDA; the loss in fp32
+        loss = F.cross_entropy(net(images).float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def log_interval(row: dict, progress: EpochState, optimizer, cfg: TrainConfig, info: DistInfo, log, bar,
+                 batches: int) -> None:
+    """A human line, a JSONL row and the bar's numbers for one closed interval (primary rank only)."""
+    if not info.is_primary:
+        return
+    ips = row["steps"] * cfg.batch_size * info.world_size / row["seconds"]
+    lr = optimizer.param_groups[0]["lr"]
+    values = dict(epoch=progress.epoch + progress.batch / batches, loss=row["loss"], loss_now=row["loss_now"],
+                  lr=lr, images_per_s=ips, data_wait=row["data_wait"])
+    bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{ips:,.0f}")
+    if log:
+        log.write("train", progress.step, **values)
+    say(info, f"step {progress.step} epoch {values['epoch']:.2f} | loss {row['loss_now']:.4f} (avg "
+              f"{row['loss']:.4f}) | {ips:,.0f} img/s | lr {lr:g} | data wait {row['data_wait']:.0%}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg):
+    """Sec. 5: "divide the learning rate by 10 when the validation error rate stopped improving with the
+    current learning rate" (plateau on top-1 error), or every `step_epochs` epochs (--schedule step)."""
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
+                                                          patience=cfg.plateau_patience)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.lr_factor)
+
+
+def schedule_step(scheduler, cfg, top1_err: float) -> None:
+    """Called once per completed epoch."""
+    if cfg.schedule == "plateau":
+        scheduler.step(top1_err)
+    else:
+        scheduler.step()
+
+
+def set_lr(optimizer, scheduler, lr: float) -> None:
+    """The lr of a restored optimizer from now on; the schedule divides it from here (StepLR's base too)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [lr] * len(optimizer.param_groups)
 
 
 def check_resumable(state: dict, cfg: TrainConfig, classes: list[str], info: DistInfo) -> None:
@@ -213,4 +324,3 @@ def check_resumable(state: dict, cfg: TrainConfig, classes: list[str], info: Dis
         raise UserError(f"the checkpoint was written by {len(state['ranks'])} process(es) with --batch-size "
                         f"{old['batch_size']}; an exact resume needs the same (now {info.world_size} with "
                         f"{cfg.batch_size})")
-

@@ -7,6 +7,7 @@ measured span.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -16,35 +17,43 @@ import shards
 from shards.errors import UserError
 from shards.report import report_rates
 
-from . import reference
-from .loader import build_loader, resolve_device
+from pipelines import reference
+from pipelines.loader import build_loader, resolve_device
+
+from .timing import endless, sync
 
 WARMUP_BATCHES = 5
 
 
-def bench_loader(shards_dir: str, device: str = "cpu", batch_size: int = 128, workers: int = 1, batches: int = 50,
-                 json_out: str | None = None, mean: str = "image", warmup: int = WARMUP_BATCHES) -> dict:
+def bench_loader(shards: str, device: str = "cpu", batch_size: int = 128, workers: int | None = None,
+                 batches: int = 50, json_out: str | None = None, mean: str = "image",
+                 hw_decoder_load: float | None = None, baseline: bool = True, warmup: int = WARMUP_BATCHES) -> dict:
+    """workers: DALI threads and DataLoader workers (default: all cores). hw_decoder_load: the share of JPEGs
+    for the GPU's hardware decoder (--device cuda; None: the loader's default). baseline=False: DALI only."""
+    workers = workers or os.cpu_count() or 1
     if batches < 1 or batch_size < 1 or workers < 1:
         raise UserError("--batches, --batch-size and --workers must be at least 1")
-    resolve_device(device)  # a clear error when cuda is asked for and absent
-    dev = torch.device(device)
-    dali = build_loader(shards_dir, split="train", batch_size=batch_size, device=device, num_threads=workers,
-                        mean=mean)
+    if hw_decoder_load is not None and not 0 <= hw_decoder_load <= 1:
+        raise UserError(f"--hw-decoder-load must lie in [0, 1] (got {hw_decoder_load})")
+    dev = resolve_device(device)  # a clear error when cuda is asked for and absent
+    dali = build_loader(shards, split="train", batch_size=batch_size, device=dev, num_threads=workers,
+                        mean=mean, hw_decoder_load=hw_decoder_load)
     dali_s = time_batches(endless(dali), batches, warmup, dev)
-    baseline = reference_loader(shards_dir, batch_size, workers, mean)
-    ref_s = time_batches((to_device(b, dev) for b in baseline), batches, warmup, dev)
-
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({workers} threads/workers)"
     result = {"device": name, "batch_size": batch_size, "batches": batches, "warmup_batches": warmup,
-              "workers": workers, "mean": mean, "dali_images_per_s": batches * batch_size / dali_s,
-              "reference_images_per_s": batches * batch_size / ref_s}
-    result["speedup"] = result["dali_images_per_s"] / result["reference_images_per_s"]
+              "workers": workers, "mean": mean, "hw_decoder_load": dali.cfg.hw_decoder_load,
+              "dali_images_per_s": batches * batch_size / dali_s}
+    rows = [("DALI (pipelines.build_loader)", result["dali_images_per_s"], "")]
+    if baseline:
+        plain = reference_loader(shards, batch_size, workers, mean)
+        ref_s = time_batches((to_device(b, dev) for b in plain), batches, warmup, dev)
+        result["reference_images_per_s"] = batches * batch_size / ref_s
+        result["speedup"] = result["dali_images_per_s"] / result["reference_images_per_s"]
+        rows.append(("reference (webdataset + DataLoader + NumPy)", result["reference_images_per_s"], ""))
     return report_rates(
         f"bench loader: training pipeline, batch {batch_size}, {batches} timed batches after {warmup} warm-up, "
-        f"{name}, mean {mean}",
-        [("DALI (pipelines.build_loader)", result["dali_images_per_s"], ""),
-         ("reference (webdataset + DataLoader + NumPy)", result["reference_images_per_s"], "")],
-        [f"speedup {result['speedup']:.2f}x"], result, json_out)
+        f"{name}, mean {mean}" + (f", hw_decoder_load {dali.cfg.hw_decoder_load}" if dev.type == "cuda" else ""),
+        rows, [f"speedup {result['speedup']:.2f}x"] if baseline else [], result, json_out)
 
 
 def time_batches(batches_iter, batches: int, warmup: int, device: torch.device) -> float:
@@ -57,16 +66,6 @@ def time_batches(batches_iter, batches: int, warmup: int, device: torch.device) 
         images, labels = next(batches_iter)
     sync(device)
     return time.perf_counter() - start
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def endless(loader):
-    while True:
-        yield from loader
 
 
 def to_device(batch, device: torch.device):
