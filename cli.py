@@ -232,7 +232,7 @@ def bench():
 @user_errors
 def bench_shard(src, workers, limit, cluster, json_out):
     """Images/s of `shard` against a plain one-process PIL loop (or, with --cluster, the local pool)."""
-    from shards.bench import bench_shard as run
+    from bench.shard import bench_shard as run
 
     run(src, workers=workers or os.cpu_count(), limit=limit, json_out=json_out, cluster=cluster)
 

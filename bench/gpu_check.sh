@@ -54,7 +54,7 @@ tests_rc=$?
 tail -8 "$OUT/gpu_tests.txt"
 
 step "sample: 8 classes x (250 train + 25 val) ImageNet-like images, sharded -> $OUT/shard.txt"
-limit 60 $PY -c "from shards.sample import make_sample_tree; make_sample_tree('$WORK/src', train_per_class=250, val_per_class=25)"
+limit 60 $PY -c "from shards.demo_data import make_sample_tree; make_sample_tree('$WORK/src', train_per_class=250, val_per_class=25)"
 limit 60 $PY cli.py shard --src "$WORK/src" --out "$WORK/wds" > "$OUT/shard.txt" 2>&1
 tail -2 "$OUT/shard.txt"
 cat "$WORK"/wds/train/*.tar > /dev/null  # in page cache: the loader is measured, not the disk

@@ -1,27 +1,24 @@
 """What the duplicate fingerprints cost in the shard worker, per image, against the rest of the worker's work.
 
-    python bench/hash_cost.py [--images 400]
+    python -m bench.hash_cost [--images 400]
 
-Times, on one core over the same ImageNet-like JPEGs (shards.sample), the per-image work of writer.build_shard
+Times, on one core over the same ImageNet-like JPEGs (shards.demo_data), the per-image work of writer.build_shard
 without the fingerprints (transform: decode, resize, encode, decode back; exact pixel sums; tar member bytes)
 and the fingerprints alone (digest, phash), best of 3 passes each.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards.imagehash import digest, phash  # noqa: E402
-from shards.sample import make_sample_tree  # noqa: E402
-from shards.sources import find_splits  # noqa: E402
-from shards.stats import PixelSums  # noqa: E402
-from shards.transform import transform  # noqa: E402
-from shards.writer import TarBuilder, init_worker_process, sample_components  # noqa: E402
+from shards.imagehash import digest, phash
+from shards.demo_data import make_sample_tree
+from shards.sources import find_splits
+from shards.stats import PixelSums
+from shards.transform import transform
+from shards.writer import TarBuilder, init_worker_process, sample_components
 
 
 def best_of(fn, inputs, repeats=3) -> float:

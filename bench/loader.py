@@ -15,12 +15,11 @@ import torch
 
 import shards
 from shards.errors import UserError
-from shards.report import report_rates
 
 from pipelines import reference
 from pipelines.loader import build_loader, resolve_device
 
-from .timing import endless, sync
+from .timing import endless, report_rates, sync
 
 WARMUP_BATCHES = 5
 

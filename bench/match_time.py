@@ -1,21 +1,18 @@
 """Time the duplicate matching at ImageNet scale: 1.33M random 64-bit phashes and digests plus planted pairs.
 
-    python bench/match_time.py [--n 1331167] [--planted 1000]
+    python -m bench.match_time [--n 1331167] [--planted 1000]
 
 Plants `planted` exact copies and `planted` near copies (1-3 bits flipped) and checks every one is found.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards.duplicates import exact_pairs, find_groups, near_pairs  # noqa: E402
+from shards.duplicates import exact_pairs, find_groups, near_pairs
 
 
 def main() -> None:

@@ -1,25 +1,22 @@
 """Size of a training shard's partial mean-image sum in OUT/.work/train while a run lasts: the plain .npy written
-before, and layout.compact_sum_bytes now, for shards of 16 to 1000 ImageNet-like images (shards.sample).
+before, and layout.compact_sum_bytes now, for shards of 16 to 1000 ImageNet-like images (shards.demo_data).
 
-    python bench/partial_sum_size.py
+    python -m bench.partial_sum_size
 """
 from __future__ import annotations
 
 import io
-import os
 import random
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards.layout import compact_sum_bytes  # noqa: E402
-from shards.sample import make_sample_tree  # noqa: E402
-from shards.sources import find_splits  # noqa: E402
-from shards.transform import transform  # noqa: E402
+from shards.layout import compact_sum_bytes
+from shards.demo_data import make_sample_tree
+from shards.sources import find_splits
+from shards.transform import transform
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Choose the near-duplicate threshold by measurement: precision and recall of "phash distance <= T" on labelled
-pairs built from real photographs (scikit-image's sample data, as shards/sample.py uses).
+pairs built from real photographs (scikit-image's sample data, as shards/demo_data.py uses).
 
-    python bench/phash_threshold.py [--views 6] [--max-t 16]
+    python -m bench.phash_threshold [--views 6] [--max-t 16]
 
 Every image goes through the real shard transform (decode, resize the shorter side to 256, centre crop, JPEG)
 before it is hashed, exactly as in `cli.py shard`. From each photograph, `views` base views (random crops of
@@ -25,15 +25,13 @@ import io
 import itertools
 import os
 import random
-import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards.imagehash import phash  # noqa: E402
-from shards.transform import transform  # noqa: E402
+from shards.imagehash import phash
+from shards.transform import transform
 
 PHOTOS = ["astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "clock", "cell",

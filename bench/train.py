@@ -14,12 +14,11 @@ import time
 import torch
 
 from shards.errors import UserError
-from shards.report import report_rates
 from trainer.device import place_model, setup_device, to_model_input
 from trainer.model import build_model
 from trainer.train import train_step
 
-from .timing import endless, sync
+from .timing import endless, report_rates, sync
 
 WARMUP_STEPS = 3
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets); the first name contained in the device's wins.

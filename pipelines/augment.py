@@ -14,7 +14,7 @@ from nvidia.dali import fn, pipeline_def, types
 from shards import format as fmt
 
 from .config import PipelineConfig
-from .source import SplitFiles
+from .shard_files import SplitFiles
 
 READER = "reader"
 OUTPUTS = ("images", "labels")

@@ -1,6 +1,6 @@
 """`build_loader`: the DALI pipeline wrapped as a PyTorch iterable with an exact length, shared by every rank.
 
-Epochs. Each rank's DALI reader reads its part of the split (`source.rank_range`; parts differ by at most one
+Epochs. Each rank's DALI reader reads its part of the split (`shard_files.rank_range`; parts differ by at most one
 sample). With pad_last_batch DALI repeats a part's last sample until every rank's reader epoch has
 `ceil(largest part / B)` batches. Every rank must run the same number of batches:
 - training (mode "train"): `len = floor(smallest part / B)` batches; the rest of the reader epoch is read and
@@ -28,7 +28,7 @@ from shards.errors import UserError
 
 from .augment import OUTPUTS, PARAM_OUTPUTS, alexnet_pipeline, normalization
 from .config import PipelineConfig, make_config
-from .source import SplitFiles, find_bad_jpeg, rank_counts, rank_range, split_files
+from .shard_files import SplitFiles, find_bad_jpeg, rank_counts, rank_range, split_files
 
 STATE_FORMAT = "pipelines.loader/1"
 

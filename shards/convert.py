@@ -19,7 +19,7 @@ from .card import finish_run
 from .classnames import attach_class_names
 from .layout import chunk, load_sum
 from .errors import UserError
-from .report import progress_bar
+from .progress import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .parallel import run_tasks

@@ -15,7 +15,7 @@ from . import format as fmt
 from . import io as store
 from .api import ShardSet
 from .errors import UserError
-from .report import progress_bar
+from .progress import progress_bar
 
 SIDE_FILES = (fmt.STATS, fmt.MEAN_IMAGE, fmt.TIMM_INFO, "README.md")
 

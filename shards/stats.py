@@ -17,7 +17,7 @@ from . import format as fmt
 from . import io as store
 from .duplicates import print_summary as print_duplicate_summary
 from .errors import UserError
-from .report import progress_bar
+from .progress import progress_bar
 
 
 @dataclass

@@ -14,7 +14,7 @@ from . import dali_index
 from . import format as fmt
 from . import io as store
 from .api import ShardSet
-from .report import progress_bar
+from .progress import progress_bar
 
 
 class _Hashing:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from shards.convert import ShardConfig, convert
-from shards.sample import make_sample_tree
+from shards.demo_data import make_sample_tree
 
 SAMPLE = dict(num_classes=8, train_per_class=24, val_per_class=6, seed=0)
 SAMPLE_SHARD_SIZE = 40  # 192 train -> 5 shards (40 x 4 + 32); 48 val -> 2 shards (40 + 8): uneven on purpose

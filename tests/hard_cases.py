@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from shards.sample import load_photos
+from shards.demo_data import load_photos
 
 
 def photo(size=(320, 240)) -> Image.Image:

@@ -1,6 +1,6 @@
 """`make demo` / `cli.py demo`: the whole job end to end on the embedded sample, in a few minutes on a laptop CPU.
 
-Recipe: build a small ImageNet-shaped folder from real photographs (shards.sample) -> shard it -> statistics ->
+Recipe: build a small ImageNet-shaped folder from real photographs (shards.demo_data) -> shard it -> statistics ->
 train AlexNet briefly (GPU when there is one, else CPU) -> evaluate top-1/top-5 (centre and 10-crop) ->
 preview grid of augmented crops -> training curves -> print where everything is.
 """
@@ -22,7 +22,7 @@ DEMO_LR = 1e-3
 def run_demo(out: str, epochs: int | None = None) -> dict:
     from pipelines.preview import write_preview
     from shards.convert import ShardConfig, convert
-    from shards.sample import make_sample_tree
+    from shards.demo_data import make_sample_tree
 
     from .evaluate import EvalConfig, evaluate_command
     from .plot import plot_run

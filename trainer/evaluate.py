@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from shards.errors import UserError
+from shards.format import DEFAULT_SHARDS
 
 from . import distributed
 from .checkpoint import load_checkpoint
@@ -24,7 +25,7 @@ from .model import build_model
 
 @dataclass
 class EvalConfig:
-    shards: str = "./imagenet-wds"
+    shards: str = DEFAULT_SHARDS
     checkpoint: str = "./runs/alexnet/checkpoint.pt"
     ten_crop: bool = False  # Sec. 4.1: average the softmax over 10 patches
     batch_size: int = 128   # images per process (10 views each with ten_crop)

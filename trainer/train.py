@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from shards.errors import UserError
+from shards.format import DEFAULT_SHARDS
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_state, set_rng_state
@@ -42,7 +43,7 @@ PAPER_LR = 0.01
 class TrainConfig:
     """Every knob of `cli.py train` (the CLI's options have these names); the paper's defaults (Sec. 5)."""
 
-    shards: str = "./imagenet-wds"
+    shards: str = DEFAULT_SHARDS
     out: str = "./runs/alexnet"
     gpus: int | None = None         # processes, one per GPU; 0 = CPU; None = all visible GPUs, else CPU
     procs: int | None = None        # N CPU processes over gloo

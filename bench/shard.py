@@ -10,12 +10,13 @@ import time
 
 from PIL import Image
 
-from .convert import ShardConfig, convert
-from .errors import UserError
-from .report import report_rates
-from .sample import make_sample_tree
-from .sources import find_splits
-from .transform import FILTERS, RESIZE_FILTER
+from shards.convert import ShardConfig, convert
+from shards.demo_data import make_sample_tree
+from shards.errors import UserError
+from shards.sources import find_splits
+from shards.transform import FILTERS, RESIZE_FILTER
+
+from .timing import report_rates
 
 
 def naive_convert(path: str, out_path: str, size: int = 256, quality: int = 90) -> None:

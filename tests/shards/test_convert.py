@@ -16,10 +16,10 @@ import hard_cases as hc
 import shards
 from shards.convert import ShardConfig, convert
 from shards.errors import UserError
-from shards.sample import make_sample_tree
+from shards.demo_data import make_sample_tree
 from shards.verify import find_problems
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from servers import ROOT
 
 
 def read_tar(path):

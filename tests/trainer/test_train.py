@@ -6,7 +6,6 @@ of 4-8 it overshoots (each class's output weights get a large share of the gradi
 """
 import itertools
 import json
-import os
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from click.testing import CliRunner
 import pipelines
 import shards
 from cli import main
+from servers import ROOT
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import DistInfo
 from trainer.evaluate import evaluate_loader
@@ -154,7 +154,7 @@ def test_train_off_a_terminal_prints_plain_lines_without_redraws(sample_shards, 
     with open(log, "wb") as f:
         done = subprocess.run([sys.executable, "cli.py", "train", "--shards", sample_shards, "--out", str(tmp_path / "run"),
                                "--gpus", "0", "--batch-size", "4", "--max-steps", "3", "--log-every", "1", "--lr", "1e-4"],
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=f, stderr=f,
+                              cwd=ROOT, stdout=f, stderr=f,
                               timeout=300)
     text = log.read_bytes().decode()
     assert done.returncode == 0, text

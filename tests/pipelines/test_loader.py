@@ -316,7 +316,7 @@ def test_gpu_resume(sample_shards):
 def test_a_shard_emptied_by_unreadable_inputs_is_left_out(tmp_path):
     """Every input of one shard unreadable -> a 0-sample shard in the manifest; the loader still reads the rest."""
     from shards.convert import ShardConfig, convert
-    from shards.sample import make_sample_tree
+    from shards.demo_data import make_sample_tree
     from shards.verify import find_problems
 
     src = make_sample_tree(str(tmp_path / "src"), num_classes=2, train_per_class=4, val_per_class=2)

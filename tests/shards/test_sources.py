@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from shards.errors import UserError
-from shards.sample import make_sample_tree
+from shards.demo_data import make_sample_tree
 from shards.sources import find_splits, read_val_labels
 
 SMALL = dict(num_classes=3, train_per_class=3, val_per_class=2, seed=1)

@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,9 +13,9 @@ import hard_cases as hc
 import shards
 from shards.convert import ShardConfig, convert
 from shards.duplicates import components, find_groups, match, near_pairs
-from shards.sample import make_sample_tree
+from shards.demo_data import make_sample_tree
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from servers import ROOT
 
 
 def reencoded(data: bytes, quality=None, scale=1.0) -> bytes:

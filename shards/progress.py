@@ -1,7 +1,6 @@
-"""How commands report: progress (a redrawn bar on a terminal, plain periodic lines in a log) and benchmark tables."""
+"""Progress of long steps: a redrawn bar on a terminal, plain periodic lines in a log, nothing when disabled."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -54,20 +53,3 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, smoothing=0.05)
-
-
-def report_rates(title: str, rows: list[tuple[str, float, str]], footer: list[str], result: dict,
-                 json_out: str | None = None) -> dict:
-    """rows: (label, images/s, note after the number). The JSON file gets `result` as it is."""
-    width = max(len(label) for label, _, _ in rows) + 2
-    print(title)
-    print(f"  {'':<{width}}{'images/s':>12}")
-    for label, rate, note in rows:
-        print(f"  {label:<{width}}{rate:>12,.1f}{note}")
-    for line in footer:
-        print(f"  {line}")
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {json_out}")
-    return result

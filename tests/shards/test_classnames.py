@@ -9,7 +9,7 @@ import pytest
 
 from shards.classnames import class_names, names_of
 from shards.convert import ShardConfig, convert
-from shards.sample import make_sample_tree
+from shards.demo_data import make_sample_tree
 
 CLASSES = ["n01440764", "n02123045", "n09999999"]  # tench, tabby cat, a wnid nobody names
 

@@ -11,7 +11,7 @@ import cli
 import shards
 from servers import ROOT, s3_env
 from shards.convert import ShardConfig, convert
-from shards.sample import make_sample_tree
+from shards.demo_data import make_sample_tree
 from shards.verify import find_problems
 
 pytestmark = pytest.mark.slow
