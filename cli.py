@@ -94,38 +94,38 @@ def shard(workers, **options):
 
 
 @main.command()
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True, help="Shard directory (a path or a URL).")
 @click.option("--recompute", is_flag=True, help="Decode the training shards again and recompute from pixels.")
 @click.option("--workers", type=int, default=None, help="Processes for --recompute (default: all cores).")
 @user_errors
-def stats(shards_dir, recompute, workers):
+def stats(shards, recompute, workers):
     """Print (and write) stats.json: per-channel mean/std and the RGB PCA of the training split."""
     from shards.stats import stats_command
 
-    stats_command(shards_dir, recompute=recompute, workers=workers or os.cpu_count())
+    stats_command(shards, recompute=recompute, workers=workers or os.cpu_count())
 
 
 @main.command()
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True, help="Shard directory (a path or a URL).")
 @user_errors
-def verify(shards_dir):
+def verify(shards):
     """Check every shard against the manifest (size, sha256, sample count, index); exit 1 if any is bad."""
     from shards.verify import verify_command
 
-    if not verify_command(shards_dir):
+    if not verify_command(shards):
         sys.exit(1)
 
 
 @main.command()
-@click.option("--shards", "shards_dir", required=True, help="Shard directory to copy (usually a URL: s3://...).")
-@click.option("--to", "to", required=True, type=click.Path(), help="Local directory (e.g. on NVMe).")
+@click.option("--shards", required=True, help="Shard directory to copy (usually a URL: s3://...).")
+@click.option("--to", required=True, type=click.Path(), help="Local directory (e.g. on NVMe).")
 @click.option("--workers", type=int, default=16, show_default=True, help="Parallel downloads.")
 @user_errors
-def stage(shards_dir, to, workers):
+def stage(**options):
     """Copy a shard directory to local disk: parallel, resumable, sha256-checked; the result passes verify."""
     from shards.stage import stage as run
 
-    run(shards_dir, to, workers=workers)
+    run(**options)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -230,11 +230,11 @@ def bench():
               help="Compare the Dask cluster at ADDRESS against the local pool (instead of the naive loop).")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the result as JSON.")
 @user_errors
-def bench_shard(src, workers, limit, cluster, json_out):
+def bench_shard(workers, **options):
     """Images/s of `shard` against a plain one-process PIL loop (or, with --cluster, the local pool)."""
     from bench.shard import bench_shard as run
 
-    run(src, workers=workers or os.cpu_count(), limit=limit, json_out=json_out, cluster=cluster)
+    run(workers=workers or os.cpu_count(), **options)
 
 
 @bench.command(name="loader")

@@ -20,9 +20,9 @@ from .progress import progress_bar
 SIDE_FILES = (fmt.STATS, fmt.MEAN_IMAGE, fmt.TIMM_INFO, "README.md")
 
 
-def stage(url: str, to: str, workers: int = 8) -> int:
-    """Copy shard directory `url` to `to`; returns the number of bytes fetched."""
-    shard_set = ShardSet(url)
+def stage(shards: str, to: str, workers: int = 8) -> int:
+    """Copy the shard directory `shards` (a URL or a path) to `to`; returns the number of bytes fetched."""
+    shard_set = ShardSet(shards)
     to = os.path.abspath(to)
     jobs = []  # (source, destination, size, sha256 or None)
     for split in shard_set.splits:
