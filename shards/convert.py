@@ -17,12 +17,12 @@ from . import format as fmt
 from . import io as store
 from .card import finish_run
 from .classnames import attach_class_names
-from .layout import chunk, load_sum
 from .errors import UserError
+from .layout import chunk, load_sum
+from .parallel import run_tasks
 from .progress import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
-from .parallel import run_tasks
 from .transform import FILTERS, RESIZE_FILTER
 from .writer import ShardTask, finished_records, partial_image_path, record_path
 
@@ -83,11 +83,8 @@ def _check_config(cfg: ShardConfig) -> None:
 
 def _prepare_out(out: str) -> None:
     """Fail before any work when OUT cannot be written: a missing bucket, a read-only prefix, no credentials."""
-    probe = store.join(out, ".work", f".probe-{os.getpid()}")
     try:
-        store.makedirs(store.join(out, ".work"))
-        store.write_atomically(probe, b"")
-        store.remove(probe)
+        store.check_writable(store.join(out, ".work"))
     except OSError as e:  # FileNotFoundError for a missing bucket, PermissionError for a read-only prefix
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
@@ -194,8 +191,8 @@ def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[s
     if kept:
         print(f"{split}: {kept} of {len(tasks)} shards already finished, {len(todo)} to write")
     if todo:
-        for task, record in zip(todo, _run_parallel(cfg, split, todo)):
-            records[task.index] = record
+        with progress_bar(sum(len(t.items) for t in todo), f"{split} images", "img", enabled=cfg.progress) as bar:
+            records.update({t.index: r for t, r in zip(todo, run_tasks(todo, cfg.workers, cfg.cluster, bar))})
     return [records[t.index] for t in tasks]
 
 
@@ -207,11 +204,6 @@ def _remove_unplanned(tasks: list[ShardTask]) -> None:
         if name.startswith(f"{tasks[0].split}-") and name.endswith(".tar") and name not in planned:
             store.remove(store.join(folder, name))
             store.remove(store.join(folder, dali_index.index_name(name)))
-
-
-def _run_parallel(cfg: ShardConfig, split: str, todo: list[ShardTask]) -> list[dict]:
-    with progress_bar(sum(len(t.items) for t in todo), f"{split} images", "img", enabled=cfg.progress) as bar:
-        return run_tasks(todo, cfg.workers, cfg.cluster, bar)
 
 
 def _split_entry(records: list[dict]) -> dict:
@@ -244,14 +236,14 @@ def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
 
 def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:
     for split in found:
-        entry = manifest["splits"][split]
+        entry, skipped = manifest["splits"][split], manifest["splits"][split]["skipped"]
         print(f"{split}: {entry['count']:,} images in {len(entry['shards'])} shards -> {store.join(cfg.out, split)}")
-        if entry["skipped"]:
-            print(f"{split}: skipped {len(entry['skipped'])} unreadable inputs (listed in {fmt.MANIFEST}):")
-            for s in entry["skipped"][:10]:
+        if skipped:
+            print(f"{split}: skipped {len(skipped)} unreadable inputs (listed in {fmt.MANIFEST}):")
+            for s in skipped[:10]:
                 print(f"  {s['path']}: {s['reason']}")
-            if len(entry["skipped"]) > 10:
-                print(f"  ... and {len(entry['skipped']) - 10} more")
+            if len(skipped) > 10:
+                print(f"  ... and {len(skipped) - 10} more")
     if "train" in found:
         print(format_table(store.read_json(store.join(cfg.out, fmt.STATS))))
     print(f"manifest: {store.join(cfg.out, fmt.MANIFEST)}")

@@ -182,6 +182,14 @@ def rmtree(path: str) -> None:
         fs.rm(p, recursive=True)
 
 
+def check_writable(folder: str) -> None:
+    """Create `folder` (on a disk) and write and delete a probe in it: raises OSError when it cannot be written."""
+    makedirs(folder)
+    probe = join(folder, f".probe-{socket.gethostname()}-{os.getpid()}")
+    write_atomically(probe, b"")
+    remove(probe)
+
+
 def write_atomically(path: str, data: bytes | str) -> None:
     """Whole or absent: a local temporary renamed into place, or one PUT to an object store."""
     data = data.encode() if isinstance(data, str) else data

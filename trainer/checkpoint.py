@@ -101,3 +101,16 @@ def strip_wrappers(state_dict: dict) -> dict:
                 k = k[len(prefix):]
         out[k] = v
     return out
+
+
+def check_resumable(state: dict, cfg, classes: list[str], info: DistInfo) -> None:
+    old = state["config"]
+    if state["classes"] != classes:
+        raise UserError(f"the checkpoint was trained on {len(state['classes'])} other classes than the "
+                        f"{len(classes)} of {cfg.shards}; resume with the same --shards")
+    if old["arch"] != cfg.arch:
+        raise UserError(f"the checkpoint is --arch {old['arch']}, not {cfg.arch}; resume with the same --arch")
+    if len(state["ranks"]) != info.world_size or old["batch_size"] != cfg.batch_size:
+        raise UserError(f"the checkpoint was written by {len(state['ranks'])} process(es) with --batch-size "
+                        f"{old['batch_size']}; an exact resume needs the same (now {info.world_size} with "
+                        f"{cfg.batch_size})")

@@ -28,12 +28,13 @@ from shards.errors import UserError
 from shards.format import DEFAULT_SHARDS
 
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_state, set_rng_state
+from .checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_state, set_rng_state
 from .device import autocast, place_model, setup_device, to_model_input
 from .distributed import DistInfo, say
 from .evaluate import evaluate_loader
 from .metrics import Interval, MetricsLog, NonFiniteLoss
 from .model import ARCHS, build_model, describe
+from .schedule import make_scheduler, schedule_step, set_lr
 
 CONFIG_NAME = "config.json"
 PAPER_LR = 0.01
@@ -285,43 +286,3 @@ def log_interval(row: dict, progress: EpochState, optimizer, cfg: TrainConfig, i
         log.write("train", progress.step, **values)
     say(info, f"step {progress.step} epoch {values['epoch']:.2f} | loss {row['loss_now']:.4f} (avg "
               f"{row['loss']:.4f}) | {ips:,.0f} img/s | lr {lr:g} | data wait {row['data_wait']:.0%}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg):
-    """Sec. 5: "divide the learning rate by 10 when the validation error rate stopped improving with the
-    current learning rate" (plateau on top-1 error), or every `step_epochs` epochs (--schedule step)."""
-    if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                          patience=cfg.plateau_patience)
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.lr_factor)
-
-
-def schedule_step(scheduler, cfg, top1_err: float) -> None:
-    """Called once per completed epoch."""
-    if cfg.schedule == "plateau":
-        scheduler.step(top1_err)
-    else:
-        scheduler.step()
-
-
-def set_lr(optimizer, scheduler, lr: float) -> None:
-    """The lr of a restored optimizer from now on; the schedule divides it from here (StepLR's base too)."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = lr
-    if hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-    if hasattr(scheduler, "_last_lr"):
-        scheduler._last_lr = [lr] * len(optimizer.param_groups)
-
-
-def check_resumable(state: dict, cfg: TrainConfig, classes: list[str], info: DistInfo) -> None:
-    old = state["config"]
-    if state["classes"] != classes:
-        raise UserError(f"the checkpoint was trained on {len(state['classes'])} other classes than the "
-                        f"{len(classes)} of {cfg.shards}; resume with the same --shards")
-    if old["arch"] != cfg.arch:
-        raise UserError(f"the checkpoint is --arch {old['arch']}, not {cfg.arch}; resume with the same --arch")
-    if len(state["ranks"]) != info.world_size or old["batch_size"] != cfg.batch_size:
-        raise UserError(f"the checkpoint was written by {len(state['ranks'])} process(es) with --batch-size "
-                        f"{old['batch_size']}; an exact resume needs the same (now {info.world_size} with "
-                        f"{cfg.batch_size})")

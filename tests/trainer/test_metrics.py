@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shards.errors import UserError
-from trainer.train import make_scheduler, schedule_step
+from trainer.schedule import make_scheduler, schedule_step
 from trainer.metrics import MetricsLog, errors_from_counts, read_metrics, ten_crop_probs, topk_correct
 from trainer.plot import plot_run
 
