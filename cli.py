@@ -1,64 +1,33 @@
 """Command line: ImageNet -> WebDataset shards -> DALI -> AlexNet.
 
-The only place that parses arguments. Each command builds its config and calls one library function;
-heavy imports (torch, DALI) happen inside the command so `--help` and `shard` stay fast.
-A user mistake raises `shards.UserError` and ends here as one line on stderr and exit code 2.
+The only place that parses arguments. Each command builds its config and calls one library function; heavy
+imports (torch, DALI) happen inside it. A user mistake ends here as one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import sys
 
 import click
 
-from shards.errors import UserError
-
+from shards.errors import explain
 from shards.format import DEFAULT_SHARDS
-
-MISSING_HINTS = {"nvidia": "nvidia-dali-cuda120", "torch": "torch", "webdataset": "webdataset",
-                 "simplejpeg": "simplejpeg", "matplotlib": "matplotlib", "skimage": "scikit-image",
-                 "distributed": "'dask[distributed]==2026.8.0'", "s3fs": "s3fs==2026.9.0", "gcsfs": "gcsfs==2026.9.0"}
-CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 
 
 def user_errors(fn):
-    """Turn a UserError (or Ctrl-C) into one clear line and a non-zero exit, never a traceback."""
+    """Turn a user mistake, a missing package, Ctrl-C or a full disk into one clear line and a non-zero exit
+    (shards.errors.explain says which line), never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except ModuleNotFoundError as e:
-            package = MISSING_HINTS.get((e.name or "").split(".")[0])
-            if package is None:
+        except (Exception, KeyboardInterrupt) as e:
+            if (explained := explain(e)) is None:
                 raise
-            click.echo(f"error: {e.name} is not installed: run `make test` or `make demo` once (they set up .venv), "
-                       f"or `pip install {package}`", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted: finished shards/checkpoints are kept; rerun the same command to continue", err=True)
-            sys.exit(130)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                click.echo(f"error: no space left for {e.filename or 'the output'} ({e.strerror}): free space and "
-                           "rerun the same command; finished work is kept, half-written files were removed", err=True)
-                sys.exit(2)
-            if isinstance(e, PermissionError):  # an object store's AccessDenied arrives as this
-                click.echo(f"error: permission denied: {e}: check that the credentials may read/write there", err=True)
-                sys.exit(2)
-            raise
-        except Exception as e:
-            if type(e).__name__ not in CREDENTIAL_ERRORS:
-                raise
-            click.echo(f"error: no credentials for the object store ({e}): set AWS_ACCESS_KEY_ID and "
-                       "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (S3; AWS_ENDPOINT_URL for MinIO/Ceph), or "
-                       "GOOGLE_APPLICATION_CREDENTIALS (GCS)", err=True)
-            sys.exit(2)
+            click.echo(explained[0], err=True)
+            sys.exit(explained[1])
 
     return wrapper
 
