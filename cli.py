@@ -150,28 +150,27 @@ def evaluate(**options):
 
 # ----------------------------------------------------------------------------------------------- looking
 @main.command()
-@click.option("--shards", "shards_dir", default=DEFAULT_SHARDS, show_default=True)
+@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
 @click.option("--out", default="preview.png", show_default=True)
 @click.option("--n", "count", type=int, default=32, show_default=True, help="Number of crops in the grid.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
-def preview(shards_dir, out, count, seed):
+def preview(shards, out, count, seed):
     """Write a grid of augmented training crops with their labels (what the network sees)."""
     from pipelines.preview import write_preview
 
-    path = write_preview(shards_dir, out, count=count, seed=seed)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {write_preview(shards, out, count=count, seed=seed)}")
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path())
+@click.option("--run", required=True, type=click.Path())
 @click.option("--out", default=None, help="PNG to write (default: RUN/curves.png).")
 @user_errors
-def plot(run_dir, out):
+def plot(**options):
     """Plot loss, top-1/top-5 error and images/s from a run's JSONL log."""
     from trainer.plot import plot_run
 
-    click.echo(f"wrote {plot_run(run_dir, out)}")
+    click.echo(f"wrote {plot_run(**options)}")
 
 
 @main.command()

@@ -14,12 +14,12 @@ def series(rows: list[dict], kind: str, key: str) -> tuple[list[float], list[flo
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_run(run_dir: str, out: str | None = None) -> str:
+def plot_run(run: str, out: str | None = None) -> str:
     """Write the curves of a run to `out` (default RUN/curves.png) and return its path."""
-    path = os.path.join(run_dir, METRICS_NAME)
+    path = os.path.join(run, METRICS_NAME)
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: pass the --out folder of a `cli.py train` run")
-    rows = read_metrics(run_dir)
+    rows = read_metrics(run)
     if not rows:
         raise UserError(f"{path} has no rows yet: train for at least one logging interval first")
     import matplotlib
@@ -40,9 +40,9 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     for ax in (ax_loss, ax_err, ax_speed):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
+    fig.suptitle(os.path.basename(os.path.abspath(run)))
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "curves.png")
+    out = out or os.path.join(run, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
