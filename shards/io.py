@@ -8,6 +8,7 @@ when complete: whole or absent there too. Credentials and endpoints come from ea
 from __future__ import annotations
 
 import builtins
+import ctypes
 import glob as globlib
 import io
 import json
@@ -228,15 +229,33 @@ def load_npy(path: str) -> np.ndarray:
 
 
 def init_worker_process() -> None:
-    """Pool initializer: Ctrl-C goes to the parent, which stops the pool and removes half-written files;
-    one image at a time per process (torch's resize), the parallelism comes from the processes."""
+    """Pool initializer: Ctrl-C goes to the parent, which stops the pool and removes half-written files."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    one_thread()
+    tune_worker()
 
 
-def one_thread() -> None:
-    """One image at a time per process: torch's resize would otherwise start a thread per core in each worker."""
+def tune_worker() -> None:
+    """What every shard worker process needs, in a local pool or on a Dask worker (idempotent, cheap):
+    - one image at a time: torch's resize would otherwise start a thread per core in each worker process;
+    - glibc's malloc as in a plain process. Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, and
+      setting any malloc threshold turns off glibc's dynamic mmap threshold: every image-sized buffer (over
+      128 KiB) is then mmapped and unmapped again, page faults included. Measured in a Dask worker: 0.30 s per
+      100-image shard instead of 0.16 s. Fixed thresholds above our buffers' sizes give the speed back."""
     if "torch" in sys.modules:  # verify and stats never import it
         sys.modules["torch"].set_num_threads(1)
+    global _malloc_tuned
+    if _malloc_tuned or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _malloc_tuned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to undo
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+
+
+_malloc_tuned = False
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)

@@ -94,7 +94,7 @@ class TarBuilder:
 
 def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
-    store.one_thread()  # a Dask worker runs no pool initializer
+    store.tune_worker()  # a Dask worker runs no pool initializer
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
     fingerprints = []  # [key, digest, phash] per sample, for the duplicate report (duplicates.py)
     for item, label in zip(task.items, task.labels):
