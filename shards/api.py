@@ -115,4 +115,5 @@ def _streamable(url: str) -> str:
     return f"pipe:{shlex.quote(sys.executable)} -c {shlex.quote(_CAT)} {shlex.quote(url)}"
 
 
-_CAT = "import fsspec, shutil, sys; shutil.copyfileobj(fsspec.open(sys.argv[1]).open(), sys.stdout.buffer, 1 << 20)"
+_CAT = ("import fsspec, shutil, signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL); "  # a reader that stops
+        "shutil.copyfileobj(fsspec.open(sys.argv[1]).open(), sys.stdout.buffer, 1 << 20)")      # early: end quietly
