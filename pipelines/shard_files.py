@@ -58,14 +58,10 @@ def split_files(root: str, split: str) -> SplitFiles:
     return SplitFiles(ds.root, split, tuple(urls), tuple(indexes), tuple(e["count"] for e in entries), size)
 
 
-def index_cache() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet-wds", "idx")
-
-
 def _local_index(url: str, entry: dict) -> str:
-    path = os.path.join(index_cache(), entry["sha256"] + ".idx")
+    path = os.path.join(store.cache_dir("idx"), entry["sha256"] + ".idx")
     if not os.path.isfile(path):
-        os.makedirs(index_cache(), exist_ok=True)
+        os.makedirs(store.cache_dir("idx"), exist_ok=True)
         store.write_atomically(path, store.read_bytes(url))
     return path
 

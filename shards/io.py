@@ -50,6 +50,11 @@ def absolute(path) -> str:
     return path.rstrip("/") if is_url(path) else os.path.abspath(path)
 
 
+def cache_dir(*parts: str) -> str:
+    """A folder of this tool's local cache: $XDG_CACHE_HOME/alexnet-wds/... (default ~/.cache)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet-wds", *parts)
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path inside it); one line naming the package when the protocol's is missing."""
     import fsspec

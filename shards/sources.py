@@ -8,7 +8,11 @@ member on an object store is one ranged GET, never a download of the whole tarba
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import io
+import json
+import os
 import posixpath
 import re
 import tarfile
@@ -153,10 +157,44 @@ def _attach_labels(items: list[Item], labels: dict[str, str], where: str) -> lis
 
 
 def _from_archive(path: str, split: str | None, val_labels: str | None) -> dict[str, list[Item]]:
-    """Index an uncompressed ILSVRC tar in place: headers only, member bytes are read later by offset."""
+    """An uncompressed ILSVRC tar, indexed in place: member bytes are read later by offset."""
     name = store.basename(path)
+    index = archive_index(path)
+    files, inner = index["files"], index["inner"]
+    is_train = bool(inner)
+    inferred = "train" if is_train else ("val" if "val" in name or not any(n.endswith(".tar") for n, _, _ in files)
+                                         else None)
+    which = split or inferred
+    if which is None:
+        raise UserError(f"cannot tell which split {path} holds: pass --split train|val")
+    if which == "train" and not is_train:
+        raise UserError(f"{path} is not a tar of per-class tars (like ILSVRC2012_img_train.tar): "
+                        "pass --split val with --val-labels if it holds validation images")
+    if which == "train":
+        items = [Item(_stem_key(n), posixpath.basename(outer)[: -len(".tar")], f"{name}/{outer}/{n}", path, at, size)
+                 for outer, members in inner.items() for n, at, size in members if not _ignored(posixpath.basename(n))]
+    else:
+        items = [Item(_stem_key(n), None, f"{name}/{n}", path, at, size)
+                 for n, at, size in files if not _ignored(posixpath.basename(n))]
+        items = _attach_labels(items, read_val_labels(_labels_path(store.dirname(path), val_labels)), path)
+    if not items:
+        raise UserError(f"{path} holds no images")
+    return {which: sorted(items, key=lambda it: it.source)}
+
+
+def archive_index(path: str) -> dict:
+    """{"files": [(name, data offset, size)], "inner": {inner tar: [(name, offset in the archive, size)]}} of an
+    uncompressed tar, from its headers alone; "inner" is filled when every file is a tar (the train archive).
+
+    The headers are spread over the whole archive, so indexing one on an object store is a sequential read of
+    it (140 GB for the train tar): the index is kept in the local cache under the object's version (ETag), and
+    a rerun (resume) reads it from there."""
+    cache = _archive_cache_path(path) if store.is_url(path) else None
+    if cache and os.path.isfile(cache):
+        with open(cache, "rb") as f:
+            return json.loads(gzip.decompress(f.read()))
     f = store.open(path, "rb")
-    try:  # uncompressed only: members must be addressable by offset; only headers are read here
+    try:  # uncompressed only: members must be addressable by offset
         tar = tarfile.open(fileobj=f, mode="r:")
     except tarfile.ReadError:
         f.close()
@@ -164,29 +202,22 @@ def _from_archive(path: str, split: str | None, val_labels: str | None) -> dict[
                         "for a folder of images pass the folder") from None
     with f, tar:
         members = [m for m in tar.getmembers() if m.isfile()]
-        inner_tars = [m for m in members if m.name.endswith(".tar")]
-        is_train = bool(inner_tars) and len(inner_tars) == len(members)
-        inferred = "train" if is_train else ("val" if "val" in name or not inner_tars else None)
-        which = split or inferred
-        if which is None:
-            raise UserError(f"cannot tell which split {path} holds: pass --split train|val")
-        if which == "train" and not is_train:
-            raise UserError(f"{path} is not a tar of per-class tars (like ILSVRC2012_img_train.tar): "
-                            "pass --split val with --val-labels if it holds validation images")
-        if which == "train":
-            items = [it for m in inner_tars for it in _inner_tar_items(tar, m, path, name)]
-        else:
-            items = [Item(_stem_key(m.name), None, f"{name}/{m.name}", path, m.offset_data, m.size)
-                     for m in members if not _ignored(posixpath.basename(m.name))]
-            items = _attach_labels(items, read_val_labels(_labels_path(store.dirname(path), val_labels)), path)
-    if not items:
-        raise UserError(f"{path} holds no images")
-    return {which: sorted(items, key=lambda it: it.source)}
+        index = {"files": [(m.name, m.offset_data, m.size) for m in members], "inner": {}}
+        if members and all(m.name.endswith(".tar") for m in members):
+            for m in members:
+                with tarfile.open(fileobj=tar.extractfile(m), mode="r:") as inner:
+                    index["inner"][m.name] = [(i.name, m.offset_data + i.offset_data, i.size)
+                                              for i in inner.getmembers() if i.isfile()]
+    if cache:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        store.write_atomically(cache, gzip.compress(json.dumps(index).encode()))
+    return index
 
 
-def _inner_tar_items(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, name: str) -> list[Item]:
-    wnid = posixpath.basename(member.name)[: -len(".tar")]
-    with tarfile.open(fileobj=tar.extractfile(member), mode="r:") as inner:
-        return [Item(_stem_key(m.name), wnid, f"{name}/{member.name}/{m.name}", path,
-                     member.offset_data + m.offset_data, m.size)
-                for m in inner.getmembers() if m.isfile() and not _ignored(posixpath.basename(m.name))]
+def _archive_cache_path(url: str) -> str:
+    fs, p = store.filesystem(url)
+    info = fs.info(p)
+    version = next((str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "LastModified", "mtime")
+                    if info.get(k)), "")
+    key = hashlib.sha256(f"{url}\n{info.get('size')}\n{version}".encode()).hexdigest()
+    return os.path.join(store.cache_dir("archives"), key + ".json.gz")

@@ -1,4 +1,6 @@
 """Sources and shards on object storage, against a real S3-compatible server (moto_server) on 127.0.0.1."""
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import cli
 import shards
 from servers import ROOT, s3_env
 from shards.convert import ShardConfig, convert
+from shards.errors import UserError
 from shards.demo_data import make_sample_tree
 from shards.verify import find_problems
 
@@ -63,7 +66,8 @@ def test_shard_s3_to_local_is_byte_identical(sample_tree, sample_shards, s3, tmp
     assert local_files(tmp_path / "wds") == local_files(sample_shards)
 
 
-def test_tarballs_read_from_s3_by_byte_range(s3, tmp_path):
+def test_tarballs_read_from_s3_by_byte_range(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     tars = make_sample_tree(str(tmp_path / "tars"), layout="tars", num_classes=3, train_per_class=4,
                             val_per_class=2, seed=3)
     upload(tars, f"{s3}/ilsvrc")
@@ -72,6 +76,17 @@ def test_tarballs_read_from_s3_by_byte_range(s3, tmp_path):
     assert from_s3["splits"]["train"]["shards"][0]["count"] == 12
     shard(tars, tmp_path / "from-disk")  # the members were read by offset from the store, as from the local tars
     assert local_files(tmp_path / "from-s3") == local_files(tmp_path / "from-disk")
+
+    # the header index of each archive is kept under its ETag: a rerun does not read the archives again
+    cached = sorted((tmp_path / "cache" / "alexnet-wds" / "archives").iterdir())
+    assert len(cached) == 2
+    for path in cached:
+        index = json.loads(gzip.decompress(path.read_bytes()))
+        if not index["inner"]:  # the val archive: drop one image from its cached index
+            index["files"] = [f for f in index["files"] if "00000001" not in f[0]]
+            path.write_bytes(gzip.compress(json.dumps(index).encode()))
+    with pytest.raises(UserError, match="labels file names 1 images that are not in"):
+        shard(f"{s3}/ilsvrc", tmp_path / "again")  # the cached index is what was read
 
 
 def test_resume_against_the_store_keeps_committed_shards(sample_tree, s3):
