@@ -199,3 +199,28 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(sample_tree, sample_shards, t
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert shards.open(str(out)).manifest["splits"] == shards.open(sample_shards).manifest["splits"]
+
+
+def test_keys_are_unique_whatever_the_file_names(tmp_path):
+    """The same stem in two class folders gets _dupN, and never a name a real input already has (x_dup1)."""
+    src = make_sample_tree(str(tmp_path / "src"), num_classes=2, train_per_class=2, val_per_class=0)
+    a, b = (os.path.join(src, "train", w) for w in sorted(os.listdir(os.path.join(src, "train"))))
+    photo = open(os.path.join(a, sorted(os.listdir(a))[0]), "rb").read()
+    for folder, name in ((a, "x.JPEG"), (b, "x.JPEG"), (a, "x_dup1.JPEG")):
+        open(os.path.join(folder, name), "wb").write(photo)
+    manifest = convert(shard_config(src, tmp_path / "out", shard_size=100, split="train"))
+    keys = list(all_samples(str(tmp_path / "out"), "train"))
+    assert len(keys) == len(set(keys)) == manifest["splits"]["train"]["count"] == 7
+    assert {"x", "x_dup1", "x_dup2"} <= set(keys)
+
+
+@pytest.mark.slow
+def test_progress_off_a_terminal_is_plain_lines(sample_tree, tmp_path):
+    """Redirected to a file: no carriage-return redraws of a progress bar, the summary lines as usual."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        run = subprocess.run([sys.executable, "cli.py", "shard", "--src", sample_tree, "--out", str(tmp_path / "o"),
+                              "--shard-size", "40"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert run.returncode == 0, text
+    assert "\r" not in text and "train: 192 images in 5 shards" in text

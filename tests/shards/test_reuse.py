@@ -100,3 +100,11 @@ def test_our_api(sample_shards):
     pairs = list(shards.webdataset(sample_shards, "val"))
     assert [label for _, label in pairs] == list(expected_labels(sample_shards, "val").values())
     assert all(image.mode == "RGB" and image.size == (256, 256) for image, _ in pairs)
+
+
+def test_webdataset_kwargs_reach_webdataset_and_override_our_defaults(sample_shards):
+    """Any `shardshuffle=` used to raise TypeError ('multiple values for keyword argument')."""
+    in_order = [label for _, label in shards.webdataset(sample_shards, "train")]
+    shuffled = [label for _, label in shards.webdataset(sample_shards, "train", shardshuffle=100, seed=1)]
+    assert sorted(shuffled) == sorted(in_order) and len(in_order) == 192
+    assert shuffled != in_order  # the shards came in another order

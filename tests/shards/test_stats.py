@@ -64,7 +64,7 @@ def test_recompute_from_shards(sample_shards, tmp_path):
     assert "eigval" in result.output and "mean" in result.output
     after = shards.open(root).stats
     assert_matches_numpy(after, decoded_training_pixels(root))
-    for field in ("mean", "std", "cov", "eigval", "eigvec"):  # both decode the same JPEGs with PIL
+    for field in ("mean", "std", "cov", "eigval", "eigvec"):  # both decode the same JPEGs with the same decoder
         np.testing.assert_allclose(getattr(after, field), getattr(before, field), rtol=1e-12, atol=1e-15)
 
 
