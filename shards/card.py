@@ -21,9 +21,10 @@ FULL_CLASS_TABLE = 50   # up to this many classes: a row each; more: a compact t
 LISTED = 20             # skipped inputs / duplicate groups shown per section (all of them in dataset.json)
 
 
-def finish_run(out: str, manifest: dict) -> None:
-    """The convert hook: duplicate report into the manifest, the manifest rewritten, the card written."""
-    attach_duplicates(manifest, out)
+def finish_run(out: str, manifest: dict, records: dict[str, list[dict]] | None = None) -> None:
+    """The convert hook: duplicate report into the manifest, the manifest rewritten, the card written.
+    `records`: the shard records of the splits this run wrote (the others' are read from OUT/.work)."""
+    attach_duplicates(manifest, out, records)
     store.write_atomically(store.join(out, fmt.MANIFEST), json.dumps(manifest, indent=1) + "\n")
     store.write_atomically(store.join(out, CARD), card_text(out, manifest))
     print(f"dataset card: {store.join(out, CARD)}")

@@ -24,7 +24,7 @@ from .progress import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .transform import FILTERS, RESIZE_FILTER
-from .writer import ShardTask, finished_records, partial_image_path, record_path
+from .writer import ShardTask, finished_records, partial_image_path
 
 
 @dataclass
@@ -57,16 +57,17 @@ def convert(cfg: ShardConfig) -> dict:
     _prepare_out(cfg.out)
     manifest = _start_manifest(cfg, found)
     attach_class_names(manifest, cfg.src)  # a human-readable name per class
+    records = {}  # split -> the records of its shards (sums, fingerprints): read once, used by all that follows
     for split, items in found.items():
         labels = _labels(items, manifest["classes"], split)
-        records = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
-        manifest["splits"][split] = _split_entry(records)
+        records[split] = _write_split(cfg, split, _order(items, split, cfg.seed), labels)
+        manifest["splits"][split] = _split_entry(records[split])
         store.write_atomically(store.join(cfg.out, fmt.MANIFEST), json.dumps(manifest, indent=1) + "\n")
-    if "train" in found:
-        _finish_stats(cfg, manifest["splits"]["train"]["shards"])
+    if "train" in records:
+        _finish_stats(cfg, records["train"])
     store.write_atomically(store.join(cfg.out, fmt.TIMM_INFO), json.dumps(fmt.timm_info(manifest), indent=1) + "\n")
     _report(cfg, manifest, found)
-    finish_run(cfg.out, manifest)  # duplicate report into the manifest, README.md dataset card
+    finish_run(cfg.out, manifest, records)  # duplicate report into the manifest, README.md dataset card
     return manifest
 
 
@@ -212,23 +213,22 @@ def _split_entry(records: list[dict]) -> dict:
     return {"count": sum(r["count"] for r in records), "shards": shards, "skipped": skipped}
 
 
-def _finish_stats(cfg: ShardConfig, shards: list[dict]) -> None:
+def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
     """stats.json and mean_image.npy for these training shards: kept if already computed from exactly them,
-    else merged from the per-shard partial sums (exact), else (partials gone) recomputed from the shards."""
-    digest = shards_digest(shards)
+    else merged from the per-shard sums of their records and partial mean images (exact), else (partials gone)
+    recomputed from the shards."""
+    digest = shards_digest(records)
     if current_stats(cfg.out, digest):
         return
     work = store.join(cfg.out, ".work", "train")
-    partials = [partial_image_path(work, s["name"]) for s in shards]
+    partials = [partial_image_path(work, r["name"]) for r in records]
     on_disk = store.list_sizes(work)
     if not all(store.basename(p) in on_disk for p in partials):
         recompute_stats(cfg.out, cfg.workers)
         return
-    records = store.read_many([record_path(work, s["name"]) for s in shards])  # one batch of GETs on a store
     total = PixelSums.zero(cfg.size, mean_image=True)
-    for shard, partial in zip(shards, partials):
-        sums = json.loads(records[record_path(work, shard["name"])])["sums"]
-        total = total.merge(PixelSums.from_json(sums, load_sum(partial)))
+    for record, partial in zip(records, partials):
+        total = total.merge(PixelSums.from_json(record["sums"], load_sum(partial)))
     write_stats(cfg.out, total, digest)
     for partial in partials:  # not worth keeping once merged
         store.remove(partial)

@@ -133,15 +133,18 @@ def summary_lines(s: dict) -> list[str]:
             f"near = phash distance <= {s['threshold']})"]
 
 
-def duplicate_report(out: str, manifest: dict, threshold: int = THRESHOLD) -> dict:
+def duplicate_report(out: str, manifest: dict, threshold: int = THRESHOLD,
+                     records: dict[str, list[dict]] | None = None) -> dict:
     """{"duplicates": groups, "duplicate_summary": counts} over every split of the manifest, from the shard
-    records in OUT/.work/<split>/."""
+    records: those given (split -> records, as a run has them), the others' read from OUT/.work/<split>/."""
+    given = {(split, r["name"]): r.get("fingerprints") for split, rs in (records or {}).items() for r in rs}
+    stored = store.read_many([_record(out, split, shard["name"]) for split, entry in manifest["splits"].items()
+                              for shard in entry["shards"] if (split, shard["name"]) not in given])  # one batch
     ids, digests, phashes, missing = [], [], [], []
-    records = store.read_many([_record(out, split, shard["name"]) for split, entry in manifest["splits"].items()
-                               for shard in entry["shards"]])  # one batch of GETs on an object store
     for split, entry in manifest["splits"].items():
         for shard in entry["shards"]:
-            prints = _fingerprints(records.get(_record(out, split, shard["name"])))
+            key = (split, shard["name"])
+            prints = given[key] if key in given else _fingerprints(stored.get(_record(out, split, shard["name"])))
             if prints is None:
                 missing.append(f"{split}/{shard['name']}")
                 continue
@@ -167,9 +170,9 @@ def _fingerprints(record: bytes | None) -> list | None:
         return None
 
 
-def attach_duplicates(manifest: dict, out: str) -> None:
+def attach_duplicates(manifest: dict, out: str, records: dict[str, list[dict]] | None = None) -> None:
     """manifest["duplicates"] and manifest["duplicate_summary"]; the summary lines printed."""
-    manifest.update(duplicate_report(out, manifest))
+    manifest.update(duplicate_report(out, manifest, records=records))
     print_summary(manifest)
 
 
