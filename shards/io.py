@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import ctypes
 import glob as globlib
+import hashlib
 import io
 import json
 import os
@@ -220,6 +221,25 @@ def remove_temporaries(*folders: str) -> None:
         if not is_url(folder):
             for path in globlib.glob(os.path.join(folder, "*.tmp-*")):
                 os.remove(path)
+
+
+class HashingReader:
+    """A read-only file object that feeds everything read through sha256: one pass both uses and checks the bytes."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.digest.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> str:
+        """Read the rest; the sha256 of everything, as hex."""
+        while self.read(1 << 22):
+            pass
+        return self.digest.hexdigest()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

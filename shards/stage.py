@@ -6,8 +6,8 @@ half-staged directory never looks finished, and the result passes `cli.py verify
 """
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 from . import dali_index
@@ -53,14 +53,12 @@ def _copy(job: tuple[str, str, int, str | None]) -> int:
     if _intact(dest, size, sha):
         return 0
     tmp = f"{dest}.tmp-{os.getpid()}"
-    digest, written = hashlib.sha256(), 0
     try:
         with store.open(source, "rb") as src, open(tmp, "wb") as out:
-            for block in iter(lambda: src.read(1 << 22), b""):
-                digest.update(block)
-                out.write(block)
-                written += len(block)
-        if sha is not None and digest.hexdigest() != sha:
+            stream = store.HashingReader(src)
+            shutil.copyfileobj(stream, out, 1 << 22)
+            digest = stream.drain()  # at the end already: the sha256 of what was copied
+        if sha is not None and digest != sha:
             raise UserError(f"{source} does not match its manifest sha256 (damaged on the store): run "
                             f"`cli.py verify --shards {store.dirname(store.dirname(source))}`")
         os.replace(tmp, dest)
@@ -69,7 +67,7 @@ def _copy(job: tuple[str, str, int, str | None]) -> int:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return written
+    return stream.bytes
 
 
 def _intact(path: str, size: int, sha: str | None) -> bool:
@@ -77,8 +75,5 @@ def _intact(path: str, size: int, sha: str | None) -> bool:
         return False
     if sha is None:
         return True
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest() == sha
+        return store.HashingReader(f).drain() == sha

@@ -5,7 +5,6 @@ an object store costs one sequential GET. Nothing here imports torch.
 """
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import os
 import tarfile
@@ -15,23 +14,6 @@ from . import format as fmt
 from . import io as store
 from .api import ShardSet
 from .progress import progress_bar
-
-
-class _Hashing:
-    """A read-only file object that feeds everything read through sha256."""
-
-    def __init__(self, f):
-        self.f, self.digest, self.bytes = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.digest.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
 
 def check_shard(args: tuple[str, dict]) -> str | None:
@@ -45,14 +27,14 @@ def check_shard(args: tuple[str, dict]) -> str | None:
         return f"size {size} bytes, manifest says {entry['bytes']} (truncated or altered)"
     images, tar_error = 0, None
     with store.open(path, "rb") as f:
-        stream = _Hashing(f)
+        stream = store.HashingReader(f)
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 images = sum(m.name.endswith("." + fmt.IMAGE_EXT) for m in tar)
         except tarfile.TarError as e:
             tar_error = e
-        stream.drain()
-    if stream.digest.hexdigest() != entry["sha256"]:
+        sha256 = stream.drain()
+    if sha256 != entry["sha256"]:
         return "sha256 differs from the manifest (altered)"
     if tar_error is not None:
         return f"unreadable tar: {tar_error}"
