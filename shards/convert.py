@@ -18,13 +18,13 @@ from . import io as store
 from .card import finish_run
 from .classnames import attach_class_names
 from .errors import UserError
-from .layout import chunk, load_sum
+from .layout import chunk, load_sum, partial_image_path, work_dir
 from .parallel import run_tasks
 from .progress import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .transform import FILTERS, RESIZE_FILTER
-from .writer import ShardTask, finished_records, partial_image_path
+from .writer import ShardTask, finished_records
 
 
 @dataclass
@@ -120,7 +120,7 @@ def _start_manifest(cfg: ShardConfig, found: dict[str, list[Item]]) -> dict:
 def _remove_splits(out: str, splits) -> None:
     for split in splits:
         store.rmtree(store.join(out, split))
-        store.rmtree(store.join(out, ".work", split))
+        store.rmtree(work_dir(out, split))
     for name in (fmt.MANIFEST, fmt.STATS, fmt.MEAN_IMAGE, fmt.TIMM_INFO):
         if "train" in splits or name == fmt.MANIFEST:
             store.remove(store.join(out, name))
@@ -174,7 +174,7 @@ def _order(items: list[Item], split: str, seed: int) -> list[Item]:
 
 
 def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[ShardTask]:
-    folder, work = store.join(cfg.out, split), store.join(cfg.out, ".work", split)
+    folder, work = store.join(cfg.out, split), work_dir(cfg.out, split)
     store.makedirs(folder)
     store.makedirs(work)
     store.remove_temporaries(folder, work)  # left by a crashed (killed) run
@@ -220,7 +220,7 @@ def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
     digest = shards_digest(records)
     if current_stats(cfg.out, digest):
         return
-    work = store.join(cfg.out, ".work", "train")
+    work = work_dir(cfg.out, "train")
     partials = [partial_image_path(work, r["name"]) for r in records]
     on_disk = store.list_sizes(work)
     if not all(store.basename(p) in on_disk for p in partials):

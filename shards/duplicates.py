@@ -18,6 +18,7 @@ import numpy as np
 
 from . import format as fmt
 from . import io as store
+from .layout import record_path, work_dir
 
 THRESHOLD = 3   # chosen by measurement (bench/phash_threshold.py); the bands below find every pair up to 3
 BANDS = 4
@@ -160,7 +161,7 @@ def duplicate_report(out: str, manifest: dict, threshold: int = THRESHOLD,
 
 
 def _record(out: str, split: str, name: str) -> str:
-    return store.join(out, ".work", split, name + ".json")
+    return record_path(work_dir(out, split), name)
 
 
 def _fingerprints(record: bytes | None) -> list | None:

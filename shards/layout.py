@@ -1,4 +1,5 @@
-"""How a split is cut into shards, and the compact on-disk form of the per-shard partial mean-image sums.
+"""How a split is cut into shards; where the writer keeps its bookkeeping, and the compact on-disk form of the
+per-shard partial mean-image sums.
 
 Default (no --shard-size): at most MAX_SHARD_SIZE samples per shard, and at least min(MIN_SHARDS, count // 16)
 shards per split, so every reader can give each of its workers (and each rank) shards of its own: 48 validation
@@ -30,6 +31,20 @@ def chunk(items: list, shard_size: int | None) -> list[list]:
     n = default_shard_count(len(items))
     bounds = [len(items) * i // n for i in range(n + 1)]
     return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def work_dir(out: str, split: str) -> str:
+    """OUT/.work/<split>: the writer's bookkeeping (not part of the format): one record per finished shard, the
+    commit marker, and the shard's partial mean-image sum until the statistics are merged."""
+    return store.join(out, ".work", split)
+
+
+def record_path(work: str, name: str) -> str:
+    return store.join(work, name + ".json")
+
+
+def partial_image_path(work: str, name: str) -> str:
+    return store.join(work, name + ".sum.npz")  # compact_sum_bytes
 
 
 def compact_sum_bytes(image_sum: np.ndarray) -> bytes:

@@ -18,7 +18,7 @@ from . import format as fmt
 from . import io as store
 from .sources import Item
 from .imagehash import image_hashes
-from .layout import compact_sum_bytes
+from .layout import compact_sum_bytes, partial_image_path, record_path
 from .stats import PixelSums
 from .transform import BadImage, transform
 
@@ -124,14 +124,6 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     # the record is the commit marker: written last; a shard without one is redone by the next run
     store.write_atomically(record_path(task.work, task.name), json.dumps(record))
     return record
-
-
-def record_path(work: str, name: str) -> str:
-    return store.join(work, name + ".json")
-
-
-def partial_image_path(work: str, name: str) -> str:
-    return store.join(work, name + ".sum.npz")  # layout.compact_sum_bytes
 
 
 def finished_records(tasks: list[ShardTask]) -> dict[int, dict]:
