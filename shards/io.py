@@ -176,8 +176,10 @@ def remove(path: str) -> None:
             os.remove(path)
         return
     fs, p = filesystem(path)
-    if fs.exists(p):
+    try:  # one request: deleting a missing key is no error on an object store
         fs.rm_file(p)
+    except FileNotFoundError:  # no such bucket
+        pass
 
 
 def rmtree(path: str) -> None:
@@ -185,8 +187,10 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     fs, p = filesystem(path)
-    if fs.exists(p):
+    try:
         fs.rm(p, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 def check_writable(folder: str) -> None:
