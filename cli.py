@@ -3,6 +3,7 @@
 The only place that parses arguments. Each command builds its config and calls one library function; heavy
 imports (torch, DALI) happen inside it. A user mistake ends here as one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,21 +40,40 @@ def main():
 
 # ----------------------------------------------------------------------------------------------- shards
 @main.command()
-@click.option("--src", required=True, help="ImageNet folder (train/ and/or val/) or an ILSVRC2012 *.tar archive; "
-              "a path or a URL (s3://, gs://).")
+@click.option(
+    "--src",
+    required=True,
+    help="ImageNet folder (train/ and/or val/) or an ILSVRC2012 *.tar archive; a path or a URL (s3://, gs://).",
+)
 @click.option("--out", default=DEFAULT_SHARDS, show_default=True, help="Shard directory to write (a path or a URL).")
-@click.option("--split", type=click.Choice(["train", "val"]), default=None, help="Only this split (archives: which one).")
-@click.option("--val-labels", type=click.Path(), default=None,
-              help="Labels for a flat val folder/tar: LOC_val_solution.csv or 'filename wnid' lines.")
+@click.option(
+    "--split", type=click.Choice(["train", "val"]), default=None, help="Only this split (archives: which one)."
+)
+@click.option(
+    "--val-labels",
+    type=click.Path(),
+    default=None,
+    help="Labels for a flat val folder/tar: LOC_val_solution.csv or 'filename wnid' lines.",
+)
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
-@click.option("--shard-size", type=int, default=None,
-              help="Samples per shard (default: at most 1000, and at least min(64, N/16) shards per split).")
+@click.option(
+    "--shard-size",
+    type=int,
+    default=None,
+    help="Samples per shard (default: at most 1000, and at least min(64, N/16) shards per split).",
+)
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
-@click.option("--size", type=int, default=256, show_default=True, help="Output side (shorter side resize + centre crop).")
+@click.option(
+    "--size", type=int, default=256, show_default=True, help="Output side (shorter side resize + centre crop)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training shuffle.")
 @click.option("--overwrite", is_flag=True, help="Redo a split written with different parameters.")
-@click.option("--cluster", default=None, metavar="ADDRESS",
-              help="Run on the Dask scheduler at ADDRESS (tcp://HOST:8786) instead of local processes.")
+@click.option(
+    "--cluster",
+    default=None,
+    metavar="ADDRESS",
+    help="Run on the Dask scheduler at ADDRESS (tcp://HOST:8786) instead of local processes.",
+)
 @user_errors
 def shard(workers, **options):
     """Convert raw ImageNet into 256x256 WebDataset shards with manifest, index files and statistics."""
@@ -107,19 +127,33 @@ def stage(**options):
 @click.option("--procs", type=int, default=None, help="N CPU processes over gloo (tests the distributed path).")
 @click.option("--epochs", type=int, default=90, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (paper: 128).")
-@click.option("--lr", type=float, default=None,
-              help="Learning rate [default: 0.01, the paper's; with --resume: the checkpoint's, or this value].")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Learning rate [default: 0.01, the paper's; with --resume: the checkpoint's, or this value].",
+)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt exactly where it stopped.")
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
 @click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
-@click.option("--mean", type=click.Choice(["channel", "image"]), default="image", show_default=True,
-              help="Subtract the mean image (the paper) or the per-channel mean.")
+@click.option(
+    "--mean",
+    type=click.Choice(["channel", "image"]),
+    default="image",
+    show_default=True,
+    help="Subtract the mean image (the paper) or the per-channel mean.",
+)
 @click.option("--compile", is_flag=True, help="torch.compile the model (GPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--step-epochs", type=int, default=30, show_default=True, help="--schedule step: /10 every N epochs.")
-@click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True,
-              help="Also checkpoint this often within an epoch.")
+@click.option(
+    "--checkpoint-minutes",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Also checkpoint this often within an epoch.",
+)
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log lines/JSONL rows.")
 @click.option("--backend", type=click.Choice(["nccl", "gloo"]), default=None, help="Default: nccl on GPUs, else gloo.")
 @click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
@@ -194,8 +228,12 @@ def bench():
 @click.option("--src", default=None, help="Image folder (default: build the embedded sample).")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--limit", type=int, default=800, show_default=True, help="Images to convert.")
-@click.option("--cluster", default=None, metavar="ADDRESS",
-              help="Compare the Dask cluster at ADDRESS against the local pool (instead of the naive loop).")
+@click.option(
+    "--cluster",
+    default=None,
+    metavar="ADDRESS",
+    help="Compare the Dask cluster at ADDRESS against the local pool (instead of the naive loop).",
+)
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the result as JSON.")
 @user_errors
 def bench_shard(workers, **options):
@@ -211,12 +249,22 @@ def bench_shard(workers, **options):
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=None, help="Threads/processes (default: all cores).")
 @click.option("--batches", type=int, default=50, show_default=True, help="Timed batches (after 5 warm-up).")
-@click.option("--mean", type=click.Choice(["image", "channel"]), default="image", show_default=True,
-              help="Mean subtraction: the paper's mean image, or per-channel.")
-@click.option("--hw-decoder-load", type=float, default=None,
-              help="--device cuda: share of JPEGs for the hardware decoder, 0-1 (default: the loader's).")
-@click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Also time webdataset + DataLoader + NumPy.")
+@click.option(
+    "--mean",
+    type=click.Choice(["image", "channel"]),
+    default="image",
+    show_default=True,
+    help="Mean subtraction: the paper's mean image, or per-channel.",
+)
+@click.option(
+    "--hw-decoder-load",
+    type=float,
+    default=None,
+    help="--device cuda: share of JPEGs for the hardware decoder, 0-1 (default: the loader's).",
+)
+@click.option(
+    "--baseline/--no-baseline", default=True, show_default=True, help="Also time webdataset + DataLoader + NumPy."
+)
 @click.option("--json", "json_out", type=click.Path(), default=None)
 @user_errors
 def bench_loader(**options):
@@ -234,8 +282,12 @@ def bench_loader(**options):
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
 @click.option("--workers", type=int, default=None, help="Loader threads (default: the loader's).")
 @click.option("--compile", is_flag=True, help="torch.compile the model (the warm-up steps include compiling).")
-@click.option("--peak-tflops", type=float, default=None,
-              help="The device's peak for the utilisation (default: known GPUs' dense bf16 peak).")
+@click.option(
+    "--peak-tflops",
+    type=float,
+    default=None,
+    help="The device's peak for the utilisation (default: known GPUs' dense bf16 peak).",
+)
 @click.option("--json", "json_out", type=click.Path(), default=None)
 @user_errors
 def bench_train(**options):

@@ -6,15 +6,15 @@ Times, on one core over the same ImageNet-like JPEGs (shards.demo_data), the per
 without the fingerprints (transform: decode, resize, encode, decode back; exact pixel sums; tar member bytes)
 and the fingerprints alone (digest, phash), best of 3 passes each.
 """
+
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
 
-
-from shards.imagehash import digest, phash
 from shards.demo_data import make_sample_tree
+from shards.imagehash import digest, phash
 from shards.sources import find_splits
 from shards.stats import PixelSums
 from shards.transform import transform
@@ -48,8 +48,11 @@ def main() -> None:
         TarBuilder().add("k", sample_components("k", jpeg, 0, {"wnid": "n0", "width": w, "height": h}))
 
     rest = best_of(worker, datas)
-    rows = [("shard worker per image, without fingerprints", rest), ("digest (blake2b-64 of the JPEG bytes)",
-            best_of(digest, jpegs)), ("phash (DCT hash, 32x32 luma)", best_of(phash, pixels))]
+    rows = [
+        ("shard worker per image, without fingerprints", rest),
+        ("digest (blake2b-64 of the JPEG bytes)", best_of(digest, jpegs)),
+        ("phash (DCT hash, 32x32 luma)", best_of(phash, pixels)),
+    ]
     for label, ms in rows:
         print(f"{label:48} {ms:8.3f} ms  {100 * ms / rest:6.2f}%")
     total = rows[1][1] + rows[2][1]

@@ -5,6 +5,7 @@ threads, applying `reference.train_view` - the same augmentations in NumPy. Both
 on `device`. Honest timing (airbench): warm-up batches are excluded, and the device is synchronised around the
 measured span.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,19 +15,27 @@ import numpy as np
 import torch
 
 import shards
-from shards.errors import UserError
-
 from pipelines import reference
 from pipelines.loader import build_loader, resolve_device
+from shards.errors import UserError
 
 from .timing import endless, report_rates, sync
 
 WARMUP_BATCHES = 5
 
 
-def bench_loader(shards: str, device: str = "cpu", batch_size: int = 128, workers: int | None = None,
-                 batches: int = 50, json_out: str | None = None, mean: str = "image",
-                 hw_decoder_load: float | None = None, baseline: bool = True, warmup: int = WARMUP_BATCHES) -> dict:
+def bench_loader(
+    shards: str,
+    device: str = "cpu",
+    batch_size: int = 128,
+    workers: int | None = None,
+    batches: int = 50,
+    json_out: str | None = None,
+    mean: str = "image",
+    hw_decoder_load: float | None = None,
+    baseline: bool = True,
+    warmup: int = WARMUP_BATCHES,
+) -> dict:
     """workers: DALI threads and DataLoader workers (default: all cores). hw_decoder_load: the share of JPEGs
     for the GPU's hardware decoder (--device cuda; None: the loader's default). baseline=False: DALI only."""
     workers = workers or os.cpu_count() or 1
@@ -35,13 +44,27 @@ def bench_loader(shards: str, device: str = "cpu", batch_size: int = 128, worker
     if hw_decoder_load is not None and not 0 <= hw_decoder_load <= 1:
         raise UserError(f"--hw-decoder-load must lie in [0, 1] (got {hw_decoder_load})")
     dev = resolve_device(device)  # a clear error when cuda is asked for and absent
-    dali = build_loader(shards, split="train", batch_size=batch_size, device=dev, num_threads=workers,
-                        mean=mean, hw_decoder_load=hw_decoder_load)
+    dali = build_loader(
+        shards,
+        split="train",
+        batch_size=batch_size,
+        device=dev,
+        num_threads=workers,
+        mean=mean,
+        hw_decoder_load=hw_decoder_load,
+    )
     dali_s = time_batches(endless(dali), batches, warmup, dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({workers} threads/workers)"
-    result = {"device": name, "batch_size": batch_size, "batches": batches, "warmup_batches": warmup,
-              "workers": workers, "mean": mean, "hw_decoder_load": dali.cfg.hw_decoder_load,
-              "dali_images_per_s": batches * batch_size / dali_s}
+    result = {
+        "device": name,
+        "batch_size": batch_size,
+        "batches": batches,
+        "warmup_batches": warmup,
+        "workers": workers,
+        "mean": mean,
+        "hw_decoder_load": dali.cfg.hw_decoder_load,
+        "dali_images_per_s": batches * batch_size / dali_s,
+    }
     rows = [("DALI (pipelines.build_loader)", result["dali_images_per_s"], "")]
     if baseline:
         plain = reference_loader(shards, batch_size, workers, mean)
@@ -52,7 +75,11 @@ def bench_loader(shards: str, device: str = "cpu", batch_size: int = 128, worker
     return report_rates(
         f"bench loader: training pipeline, batch {batch_size}, {batches} timed batches after {warmup} warm-up, "
         f"{name}, mean {mean}" + (f", hw_decoder_load {dali.cfg.hw_decoder_load}" if dev.type == "cuda" else ""),
-        rows, [f"speedup {result['speedup']:.2f}x"] if baseline else [], result, json_out)
+        rows,
+        [f"speedup {result['speedup']:.2f}x"] if baseline else [],
+        result,
+        json_out,
+    )
 
 
 def time_batches(batches_iter, batches: int, warmup: int, device: torch.device) -> float:
@@ -93,6 +120,11 @@ class ReferenceTransform:
 def reference_loader(shards_dir: str, batch_size: int, workers: int, mean: str):
     """An endless iterator of (images, labels) batches through the plain PyTorch path."""
     dataset = shards.webdataset(shards_dir, "train", shuffle=1000).map(ReferenceTransform(shards_dir, mean)).repeat()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
     return iter(loader)

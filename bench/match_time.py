@@ -4,13 +4,13 @@
 
 Plants `planted` exact copies and `planted` near copies (1-3 bits flipped) and checks every one is found.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
 import numpy as np
-
 
 from shards.duplicates import exact_pairs, find_groups, near_pairs
 
@@ -21,15 +21,17 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=1000)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    phashes = rng.integers(0, 2**63, args.n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + \
-        rng.integers(0, 2, args.n).astype(np.uint64)
+    phashes = rng.integers(0, 2**63, args.n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, args.n
+    ).astype(np.uint64)
     digests = rng.integers(0, 2**63, args.n, dtype=np.int64).astype(np.uint64)
     src = rng.choice(args.n, 2 * args.planted, replace=False)
     dst = rng.choice(np.setdiff1d(np.arange(args.n), src), 2 * args.planted, replace=False)
-    exact_src, exact_dst, near_src, near_dst = np.split(np.r_[src, dst], [args.planted, 2 * args.planted,
-                                                                          3 * args.planted])
+    exact_src, exact_dst, near_src, near_dst = np.split(
+        np.r_[src, dst], [args.planted, 2 * args.planted, 3 * args.planted]
+    )
     digests[exact_dst], phashes[exact_dst] = digests[exact_src], phashes[exact_src]
-    for a, b in zip(near_src, near_dst):
+    for a, b in zip(near_src, near_dst, strict=True):
         flips = rng.choice(64, rng.integers(1, 4), replace=False)
         phashes[b] = phashes[a] ^ np.uint64(sum(1 << int(f) for f in flips))
 
@@ -39,19 +41,26 @@ def main() -> None:
     start = time.perf_counter()
     ei, ej = exact_pairs(digests)
     exact_s = time.perf_counter() - start
-    found = set(zip(i.tolist(), j.tolist()))
-    want = {(min(a, b), max(a, b)) for a, b in zip(near_src.tolist(), near_dst.tolist())}
-    want_exact = {(min(a, b), max(a, b)) for a, b in zip(exact_src.tolist(), exact_dst.tolist())}
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    want = {(min(a, b), max(a, b)) for a, b in zip(near_src.tolist(), near_dst.tolist(), strict=True)}
+    want_exact = {(min(a, b), max(a, b)) for a, b in zip(exact_src.tolist(), exact_dst.tolist(), strict=True)}
     print(f"{args.n:,} hashes, {args.planted} planted exact + {args.planted} planted near (1-3 bits) pairs")
-    print(f"near_pairs (4 x 16-bit bands, verify by Hamming <= 3): {near_s:.2f} s, {len(found):,} pairs, "
-          f"planted found {len(want & found)}/{len(want)}, others {len(found - want - want_exact)}")
-    print(f"exact_pairs (digest sort): {exact_s:.2f} s, {len(ei):,} pairs, planted found "
-          f"{len(want_exact & set(zip(np.minimum(ei, ej).tolist(), np.maximum(ei, ej).tolist())))}/{len(want_exact)}")
+    print(
+        f"near_pairs (4 x 16-bit bands, verify by Hamming <= 3): {near_s:.2f} s, {len(found):,} pairs, "
+        f"planted found {len(want & found)}/{len(want)}, others {len(found - want - want_exact)}"
+    )
+    print(
+        f"exact_pairs (digest sort): {exact_s:.2f} s, {len(ei):,} pairs, planted found "
+        f"{len(want_exact & set(zip(np.minimum(ei, ej).tolist(), np.maximum(ei, ej).tolist(), strict=True)))}"
+        f"/{len(want_exact)}"
+    )
     ids = [f"train/{k}" for k in range(args.n)]
     start = time.perf_counter()
     groups = find_groups(ids, [f"{d:016x}" for d in digests], [f"{p:016x}" for p in phashes])
-    print(f"find_groups end to end (hex parsing, both kinds, components): {time.perf_counter() - start:.2f} s, "
-          f"{len(groups):,} groups")
+    print(
+        f"find_groups end to end (hex parsing, both kinds, components): {time.perf_counter() - start:.2f} s, "
+        f"{len(groups):,} groups"
+    )
 
 
 if __name__ == "__main__":

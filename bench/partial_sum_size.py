@@ -3,6 +3,7 @@ before, and layout.compact_sum_bytes now, for shards of 16 to 1000 ImageNet-like
 
     python -m bench.partial_sum_size
 """
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,8 @@ import time
 
 import numpy as np
 
-
-from shards.layout import compact_sum_bytes
 from shards.demo_data import make_sample_tree
+from shards.layout import compact_sum_bytes
 from shards.sources import find_splits
 from shards.transform import transform
 
@@ -34,8 +34,10 @@ def main() -> None:
         start = time.perf_counter()
         compact = compact_sum_bytes(image_sum)
         ms = (time.perf_counter() - start) * 1e3
-        print(f"{count:5d} images: .npy {len(buf.getvalue()):9,} bytes   compact {len(compact):9,} bytes "
-              f"({100 * len(compact) / len(buf.getvalue()):.0f}%, {ms:.1f} ms)")
+        print(
+            f"{count:5d} images: .npy {len(buf.getvalue()):9,} bytes   compact {len(compact):9,} bytes "
+            f"({100 * len(compact) / len(buf.getvalue()):.0f}%, {ms:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

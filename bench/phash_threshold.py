@@ -18,6 +18,7 @@ before it is hashed, exactly as in `cli.py shard`. From each photograph, `views`
 Precision = true pairs found / all pairs found, over these pairs (different-photo pairs are many, as in a large
 dataset); recall = true pairs found / true pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,37 @@ import random
 import numpy as np
 from PIL import Image
 
-
 from shards.imagehash import phash
 from shards.transform import transform
 
-PHOTOS = ["astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "grass", "gravel",
-          "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "clock", "cell",
-          "colorwheel", "logo"]
-LOOKALIKE_SETS = [("motorcycle_left", "motorcycle_right"), ("brick", "grass", "gravel"), ("page", "text"),
-                  ("cat", "chelsea")]
+PHOTOS = [
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "chelsea",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "clock",
+    "cell",
+    "colorwheel",
+    "logo",
+]
+LOOKALIKE_SETS = [
+    ("motorcycle_left", "motorcycle_right"),
+    ("brick", "grass", "gravel"),
+    ("page", "text"),
+    ("cat", "chelsea"),
+]
 
 
 def load(name: str) -> Image.Image:
@@ -74,8 +97,9 @@ def window(photo: Image.Image, rng: random.Random) -> tuple[int, int, int, int]:
 def render(photo: Image.Image, box, rng: random.Random, shorter: int) -> Image.Image:
     view = photo.crop(box)
     scale = shorter / min(view.size)
-    return view.resize((max(1, round(view.width * scale)), max(1, round(view.height * scale))),
-                       Image.Resampling.BICUBIC)
+    return view.resize(
+        (max(1, round(view.width * scale)), max(1, round(view.height * scale))), Image.Resampling.BICUBIC
+    )
 
 
 def shifted(photo: Image.Image, box, fraction: float, rng: random.Random):
@@ -120,8 +144,16 @@ def build(views: int, seed: int = 0) -> tuple[list[tuple[int, int, str]], list[t
     import skimage.data
 
     faces = skimage.data.lfw_subset()[:60]
-    face_hashes = [hashed(jpeg(Image.fromarray(f if f.dtype == np.uint8 else (f * 255).astype(np.uint8))
-                               .resize((200, 200), Image.Resampling.BICUBIC))) for f in faces]
+    face_hashes = [
+        hashed(
+            jpeg(
+                Image.fromarray(f if f.dtype == np.uint8 else (f * 255).astype(np.uint8)).resize(
+                    (200, 200), Image.Resampling.BICUBIC
+                )
+            )
+        )
+        for f in faces
+    ]
     false += [(a, b, "look-alikes (faces)") for a, b in itertools.combinations(face_hashes, 2)]
     return true, false
 

@@ -1,5 +1,6 @@
 """`cli.py bench shard`: images/s of the sharder against a plain one-process PIL loop, in the same run; with
 `--cluster ADDRESS`, the Dask cluster against the local process pool on the same images."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,14 @@ def naive_convert(path: str, out_path: str, size: int = 256, quality: int = 90) 
     image.crop((left, top, left + size, top + size)).save(out_path, "JPEG", quality=quality)
 
 
-def bench_shard(src: str | None, workers: int, limit: int = 800, json_out: str | None = None,
-                repeats: int = 2, cluster: str | None = None) -> dict:
+def bench_shard(
+    src: str | None,
+    workers: int,
+    limit: int = 800,
+    json_out: str | None = None,
+    repeats: int = 2,
+    cluster: str | None = None,
+) -> dict:
     """Convert the same `limit` training images both ways (`repeats` times each); print both rates and the ratio."""
     scratch = tempfile.mkdtemp(prefix="bench-shard-")
     try:
@@ -52,8 +59,14 @@ def bench_shard(src: str | None, workers: int, limit: int = 800, json_out: str |
         shard_size = max(1, -(-len(files) // (workers * 4)))  # enough shards to keep every worker busy
         baseline_s, project_s = [], []
         for run in range(repeats):  # alternate the two, best of `repeats`: this machine's neighbours are noisy
-            cfg = ShardConfig(src=subset, out=os.path.join(scratch, f"wds{run}"), split="train", workers=workers,
-                              shard_size=shard_size, progress=False)
+            cfg = ShardConfig(
+                src=subset,
+                out=os.path.join(scratch, f"wds{run}"),
+                split="train",
+                workers=workers,
+                shard_size=shard_size,
+                progress=False,
+            )
             start = time.perf_counter()
             if cluster:  # the baseline is the local pool: what the cluster's scheduling and transfers cost
                 convert_quietly(cfg)
@@ -70,20 +83,39 @@ def bench_shard(src: str | None, workers: int, limit: int = 800, json_out: str |
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    result = {"images": len(files), "workers": workers, "cpu": platform.processor() or platform.machine(),
-              "cores": os.cpu_count(), "repeats": repeats, "baseline_img_s": len(files) / min(baseline_s),
-              "project_img_s": len(files) / min(project_s)}
+    result = {
+        "images": len(files),
+        "workers": workers,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "repeats": repeats,
+        "baseline_img_s": len(files) / min(baseline_s),
+        "project_img_s": len(files) / min(project_s),
+    }
     result["ratio"] = result["project_img_s"] / result["baseline_img_s"]
     title = f"bench shard: {len(files)} images, {os.cpu_count()} cores, best of {repeats}"
     if cluster:
         result["cluster"] = cluster
-        return report_rates(title, [(f"cli.py shard (local pool, {workers} processes)", result["baseline_img_s"], ""),
-                                    (f"cli.py shard --cluster {cluster}", result["project_img_s"], "")],
-                            [f"cluster / local {result['ratio']:.2f}x (target: at least 0.91x, i.e. at most 10% "
-                             "slower)"], result, json_out)
-    return report_rates(title, [("baseline (1 process, naive PIL)", result["baseline_img_s"], ""),
-                                (f"cli.py shard ({workers} workers)", result["project_img_s"], "")],
-                        [f"ratio {result['ratio']:.2f}x"], result, json_out)
+        return report_rates(
+            title,
+            [
+                (f"cli.py shard (local pool, {workers} processes)", result["baseline_img_s"], ""),
+                (f"cli.py shard --cluster {cluster}", result["project_img_s"], ""),
+            ],
+            [f"cluster / local {result['ratio']:.2f}x (target: at least 0.91x, i.e. at most 10% slower)"],
+            result,
+            json_out,
+        )
+    return report_rates(
+        title,
+        [
+            ("baseline (1 process, naive PIL)", result["baseline_img_s"], ""),
+            (f"cli.py shard ({workers} workers)", result["project_img_s"], ""),
+        ],
+        [f"ratio {result['ratio']:.2f}x"],
+        result,
+        json_out,
+    )
 
 
 def convert_quietly(cfg: ShardConfig) -> None:

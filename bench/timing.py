@@ -1,5 +1,6 @@
 """What every benchmark times and reports with: airbench's honest timing (untimed warm-up, then the device
 synchronised at both ends of the measured span) and one table format (a title, aligned images/s, optional JSON)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ def endless(loader):
         yield from loader
 
 
-def report_rates(title: str, rows: list[tuple[str, float, str]], footer: list[str], result: dict,
-                 json_out: str | None = None) -> dict:
+def report_rates(
+    title: str, rows: list[tuple[str, float, str]], footer: list[str], result: dict, json_out: str | None = None
+) -> dict:
     """rows: (label, images/s, note after the number). The JSON file gets `result` as it is."""
     width = max(len(label) for label, _, _ in rows) + 2
     print(title)

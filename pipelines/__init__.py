@@ -5,6 +5,7 @@ world_size=1, seed=0, **options)` -> iterable of `(images, labels)` with a `len(
 `load_state_dict()`; options are the fields of `PipelineConfig` (mode, mean, std, dtype, lighting_std, ...).
 `pipelines.reference` holds the same augmentations in NumPy (tests and the benchmark baseline).
 """
+
 from .config import PipelineConfig
 from .loader import DaliLoader, build_loader
 

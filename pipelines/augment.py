@@ -6,6 +6,7 @@ Layout: CHW on the CPU; HWC on the GPU, which the loader hands out as a channels
 (`permute(0, 3, 1, 2)`, no copy).
 `pipelines/reference.py` is the plain NumPy version of the same arithmetic; tests hold the two together.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,9 @@ DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": typ
 
 
 @pipeline_def(enable_checkpointing=True)
-def alexnet_pipeline(files: SplitFiles, cfg: PipelineConfig, norm: dict, rank: int, world_size: int, gpu: bool,
-                     with_params: bool = False):
+def alexnet_pipeline(
+    files: SplitFiles, cfg: PipelineConfig, norm: dict, rank: int, world_size: int, gpu: bool, with_params: bool = False
+):
     """One graph for every mode and device; `norm` holds mean/std/lighting constants (see `normalization`)."""
     jpegs, labels, meta = read_samples(files, cfg, rank, world_size, with_params)
     images = decode(jpegs, cfg, gpu)
@@ -38,8 +40,9 @@ def alexnet_pipeline(files: SplitFiles, cfg: PipelineConfig, norm: dict, rank: i
     layout = "HWC" if gpu else "CHW"
     if cfg.mode == "train":
         crop_x, crop_y, mirror, alpha = random_view_params(cfg, files.image_size)
-        out = crop_normalize(images, cfg, norm, layout, crop_x, crop_y, mirror,
-                             lighting_offset(alpha, norm["lighting"]))
+        out = crop_normalize(
+            images, cfg, norm, layout, crop_x, crop_y, mirror, lighting_offset(alpha, norm["lighting"])
+        )
         params = (crop_x, crop_y, mirror, alpha) if with_params else ()
     elif cfg.mode == "center":
         out, params = crop_normalize(images, cfg, norm, layout, 0.5, 0.5, 0), ()
@@ -59,17 +62,28 @@ def read_samples(files: SplitFiles, cfg: PipelineConfig, rank: int, world_size: 
     exts = [fmt.IMAGE_EXT, fmt.LABEL_I32_EXT] + [fmt.META_EXT] * with_meta
     dtypes = [types.UINT8, types.INT32, types.UINT8]
     jpegs, labels, *meta = fn.readers.webdataset(
-        paths=list(files.urls), index_paths=list(files.index_paths), ext=exts, dtypes=dtypes[: len(exts)],
-        missing_component_behavior="error", name=READER,
-        shard_id=rank, num_shards=world_size, pad_last_batch=True,
-        random_shuffle=not cfg.evaluation and cfg.shuffle_buffer > 1, initial_fill=max(cfg.shuffle_buffer, 1),
-        stick_to_shard=cfg.evaluation)
+        paths=list(files.urls),
+        index_paths=list(files.index_paths),
+        ext=exts,
+        dtypes=dtypes[: len(exts)],
+        missing_component_behavior="error",
+        name=READER,
+        shard_id=rank,
+        num_shards=world_size,
+        pad_last_batch=True,
+        random_shuffle=not cfg.evaluation and cfg.shuffle_buffer > 1,
+        initial_fill=max(cfg.shuffle_buffer, 1),
+        stick_to_shard=cfg.evaluation,
+    )
     labels = fn.cast(fn.reshape(labels, shape=[]), dtype=types.INT64)
     if not meta:
         return jpegs, labels, None
     # ragged json bytes -> a fixed size, so that a batch converts to one tensor
-    return jpegs, labels, fn.slice(meta[0], start=[0], shape=[META_BYTES], axes=[0], out_of_bounds_policy="pad",
-                                   fill_values=32)
+    return (
+        jpegs,
+        labels,
+        fn.slice(meta[0], start=[0], shape=[META_BYTES], axes=[0], out_of_bounds_policy="pad", fill_values=32),
+    )
 
 
 def decode(jpegs, cfg: PipelineConfig, gpu: bool):
@@ -78,8 +92,13 @@ def decode(jpegs, cfg: PipelineConfig, gpu: bool):
     jpeg_fancy_upsampling: chroma upsampled as libjpeg-turbo does by default, so GPU pixels match the CPU's.
     """
     if gpu:
-        return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load,
-                                 jpeg_fancy_upsampling=True)
+        return fn.decoders.image(
+            jpegs,
+            device="mixed",
+            output_type=types.RGB,
+            hw_decoder_load=cfg.hw_decoder_load,
+            jpeg_fancy_upsampling=True,
+        )
     return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
 
@@ -118,8 +137,16 @@ def crop_normalize(images, cfg: PipelineConfig, norm: dict, layout: str, crop_x,
     if offset is not None:
         mean = types.Constant(np.asarray(mean, np.float32)) - offset
     return fn.crop_mirror_normalize(
-        images, crop=(cfg.crop, cfg.crop), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
-        mean=mean, std=norm["channel_std"], dtype=DALI_DTYPES[cfg.dtype], output_layout=layout)
+        images,
+        crop=(cfg.crop, cfg.crop),
+        crop_pos_x=crop_x,
+        crop_pos_y=crop_y,
+        mirror=mirror,
+        mean=mean,
+        std=norm["channel_std"],
+        dtype=DALI_DTYPES[cfg.dtype],
+        output_layout=layout,
+    )
 
 
 def ten_crop_normalize(images, cfg: PipelineConfig, norm: dict, layout: str):
@@ -141,5 +168,9 @@ def normalization(cfg: PipelineConfig, stats, mean_image: np.ndarray | None) -> 
     else:
         channel_mean, mean_image = np.asarray(stats.mean, np.float32), None
     lighting = np.asarray(stats.eigvec, np.float64) * np.asarray(stats.eigval, np.float64)[None, :] * 255.0
-    return {"channel_mean": channel_mean.tolist(), "channel_std": std.tolist(), "mean_image": mean_image,
-            "lighting": lighting}
+    return {
+        "channel_mean": channel_mean.tolist(),
+        "channel_std": std.tolist(),
+        "mean_image": mean_image,
+        "lighting": lighting,
+    }

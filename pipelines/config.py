@@ -2,6 +2,7 @@
 
 Built by `pipelines.build_loader(**options)` (and by the CLI through it); printed/saved by whoever owns the run.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields

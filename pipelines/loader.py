@@ -15,6 +15,7 @@ unless a previous iteration stopped early or a state was loaded); the epoch ends
 (reader position, shuffle buffer and RNG states). `load_state_dict(state)` on a loader built with the same
 arguments makes the next `iter()` continue with exactly the batches the saved loader had not yet yielded.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,18 @@ from .shard_files import SplitFiles, find_bad_jpeg, rank_counts, rank_range, spl
 STATE_FORMAT = "pipelines.loader/1"
 
 
-def build_loader(root: str, split: str = "train", batch_size: int = 128, device: str = "cuda", rank: int = 0,
-                 world_size: int = 1, seed: int = 0, state: dict | None = None, with_params: bool = False,
-                 **options) -> "DaliLoader":
+def build_loader(
+    root: str,
+    split: str = "train",
+    batch_size: int = 128,
+    device: str = "cuda",
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    state: dict | None = None,
+    with_params: bool = False,
+    **options,
+) -> DaliLoader:
     """An iterable of `(images, labels)`: images [B,3,C,C] (mode ten_crop: [B,10,3,C,C]) mean-subtracted on
     `device`, labels int64 [B] (-1 = padding, evaluation modes only); `len()` batches per epoch on every rank.
 
@@ -48,8 +58,10 @@ def build_loader(root: str, split: str = "train", batch_size: int = 128, device:
     cfg = make_config(split, **options)
     device = resolve_device(device)
     if batch_size < 1 or not 0 <= rank < world_size:
-        raise UserError(f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
-                        "and 0 <= rank < world_size")
+        raise UserError(
+            f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
+            "and 0 <= rank < world_size"
+        )
     files = split_files(root, split)
     if files.count < world_size:
         raise UserError(f"{world_size} ranks but the '{split}' split has only {files.count} images: use fewer ranks")
@@ -58,8 +70,10 @@ def build_loader(root: str, split: str = "train", batch_size: int = 128, device:
     ds = shards.open(root)
     mean_image = ds.mean_image() if cfg.mean == "image" else None
     if mean_image is not None and mean_image.shape != (files.image_size, files.image_size, 3):
-        raise UserError(f"{root}/mean_image.npy has shape {mean_image.shape}, the images are "
-                        f"{files.image_size}x{files.image_size}x3: recompute it with `cli.py stats --recompute`")
+        raise UserError(
+            f"{root}/mean_image.npy has shape {mean_image.shape}, the images are "
+            f"{files.image_size}x{files.image_size}x3: recompute it with `cli.py stats --recompute`"
+        )
     norm = normalization(cfg, ds.stats, mean_image)
     loader = DaliLoader(files, cfg, norm, batch_size, device, rank, world_size, seed, with_params)
     if state is not None:
@@ -75,8 +89,10 @@ def resolve_device(device) -> torch.device:
     if dev.type != "cuda":
         raise UserError(f"device={device!r}: the loader runs on 'cuda' or 'cpu'")
     if not torch.cuda.is_available():
-        raise UserError(f"device={device!r} but no CUDA GPU is visible (torch.cuda.is_available() is False): "
-                        "use device='cpu' (--device cpu / --gpus 0)")
+        raise UserError(
+            f"device={device!r} but no CUDA GPU is visible (torch.cuda.is_available() is False): "
+            "use device='cpu' (--device cpu / --gpus 0)"
+        )
     index = torch.cuda.current_device() if dev.index is None else dev.index
     if index >= torch.cuda.device_count():
         raise UserError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
@@ -91,8 +107,18 @@ def pipeline_seed(seed: int, rank: int) -> int:
 class DaliLoader:
     """See the module docstring for the epoch, padding and resume contract."""
 
-    def __init__(self, files: SplitFiles, cfg: PipelineConfig, norm: dict, batch_size: int, device: torch.device,
-                 rank: int, world_size: int, seed: int, with_params: bool = False):
+    def __init__(
+        self,
+        files: SplitFiles,
+        cfg: PipelineConfig,
+        norm: dict,
+        batch_size: int,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        seed: int,
+        with_params: bool = False,
+    ):
         self.files, self.cfg, self.norm, self.batch_size = files, cfg, norm, batch_size
         self.device, self.gpu = device, device.type == "cuda"
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -135,7 +161,7 @@ class DaliLoader:
         real = self.part_size(self.epoch) - t * self.batch_size  # samples of this rank's part in batch t
         if self.cfg.evaluation and real < self.batch_size:
             labels = labels.clone()
-            labels[max(real, 0):] = -1  # the reader's pad: repeats of the part's last sample
+            labels[max(real, 0) :] = -1  # the reader's pad: repeats of the part's last sample
         if self.with_params:
             return images, labels, {k: v for k, v in out.items() if k not in OUTPUTS}
         return images, labels
@@ -153,10 +179,20 @@ class DaliLoader:
             from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
             pipe = alexnet_pipeline(
-                self.files, self.cfg, self.norm, self.rank, self.world_size, self.gpu, self.with_params,
-                batch_size=self.batch_size, num_threads=self.num_threads(), prefetch_queue_depth=self.cfg.prefetch,
-                device_id=self.device.index if self.gpu else None, seed=pipeline_seed(self.seed, self.rank),
-                checkpoint=self._checkpoint)
+                self.files,
+                self.cfg,
+                self.norm,
+                self.rank,
+                self.world_size,
+                self.gpu,
+                self.with_params,
+                batch_size=self.batch_size,
+                num_threads=self.num_threads(),
+                prefetch_queue_depth=self.cfg.prefetch,
+                device_id=self.device.index if self.gpu else None,
+                seed=pipeline_seed(self.seed, self.rank),
+                checkpoint=self._checkpoint,
+            )
             names = OUTPUTS + (self.param_names() if self.with_params else ())
             try:  # size=-1 and no reader_name: the reader loops forever; epochs are counted here, not by DALI
                 self._iterator = DALIGenericIterator([pipe], list(names), size=-1)
@@ -175,10 +211,15 @@ class DaliLoader:
     def _error(self, e: Exception) -> UserError:
         detail = "\n".join(line for line in str(e).splitlines() if line.strip() and "C++ context" not in line)
         culprit = self._find_culprit() if "decoders" in detail else None
-        where = f"bad image {culprit}" if culprit else f"{detail}\nFind damaged shards with " \
-                                                            f"`cli.py verify --shards {self.files.root}`"
-        return UserError(f"reading the {self.files.split} shards of {self.files.root} failed (rank {self.rank}, "
-                         f"epoch {self.epoch}, batch {self.batch}): {where}")
+        where = (
+            f"bad image {culprit}"
+            if culprit
+            else f"{detail}\nFind damaged shards with `cli.py verify --shards {self.files.root}`"
+        )
+        return UserError(
+            f"reading the {self.files.split} shards of {self.files.root} failed (rank {self.rank}, "
+            f"epoch {self.epoch}, batch {self.batch}): {where}"
+        )
 
     def _find_culprit(self) -> str | None:
         """DALI does not say which JPEG it could not decode: look near the failed batch in this rank's part.
@@ -203,17 +244,27 @@ class DaliLoader:
 
     # ------------------------------------------------------------------------------------------- resume
     def _identity(self) -> dict:
-        return {"split": self.files.split, "mode": self.cfg.mode, "rank": self.rank, "world_size": self.world_size,
-                "batch_size": self.batch_size, "seed": self.seed, "count": self.files.count}
+        return {
+            "split": self.files.split,
+            "mode": self.cfg.mode,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "count": self.files.count,
+        }
 
     def state_dict(self) -> dict:
         """Plain str/int/bytes (torch.load(weights_only=True) reads it back)."""
-        if self._iterator is not None:
-            checkpoint = self._iterator.checkpoints()[0]
-        else:
-            checkpoint = self._checkpoint or b""  # never iterated: the start (or a loaded state not yet used)
-        return {"format": STATE_FORMAT, **self._identity(), "epoch": self.epoch, "batch": self.batch,
-                "dali": bytes(checkpoint)}
+        # never iterated: the start (or a loaded state not yet used)
+        checkpoint = self._iterator.checkpoints()[0] if self._iterator is not None else self._checkpoint or b""
+        return {
+            "format": STATE_FORMAT,
+            **self._identity(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "dali": bytes(checkpoint),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -223,8 +274,10 @@ class DaliLoader:
         differ = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if differ:
             said = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differ.items())
-            raise UserError(f"the loader state was saved with other settings ({said}): resume with the same "
-                            "shards, split, mode, ranks, batch size and seed")
+            raise UserError(
+                f"the loader state was saved with other settings ({said}): resume with the same "
+                "shards, split, mode, ranks, batch size and seed"
+            )
         self._iterator, self._token = None, None
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self._checkpoint = bytes(state["dali"]) or None

@@ -4,6 +4,7 @@ DALI graph in `augment.py` (tests compare the two pixel by pixel) and the baseli
 Pure functions on HWC uint8 RGB images on the 0-255 scale; every random draw is an explicit argument or
 comes from the `numpy.random.Generator` passed in. Window placement follows DALI's rounding (see crop_box).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,7 @@ def subtract_mean(image: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    return image[top: top + size, left: left + size]
+    return image[top : top + size, left : left + size]
 
 
 def mirror(image: np.ndarray) -> np.ndarray:
@@ -74,16 +75,32 @@ def to_chw(image: np.ndarray, std: np.ndarray | None = None, offset: np.ndarray 
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def view(image: np.ndarray, top: int, left: int, size: int, flip: bool, mean: np.ndarray,
-         std: np.ndarray | None = None, offset: np.ndarray | None = None) -> np.ndarray:
+def view(
+    image: np.ndarray,
+    top: int,
+    left: int,
+    size: int,
+    flip: bool,
+    mean: np.ndarray,
+    std: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
     """One network input: mean subtracted before cropping (so a mean image lines up), crop, flip, lighting, CHW."""
     out = crop(subtract_mean(image, mean), top, left, size)
     return to_chw(mirror(out) if flip else out, std, offset)
 
 
-def train_view(image: np.ndarray, rng: np.random.Generator, mean: np.ndarray, eigval: np.ndarray,
-               eigvec: np.ndarray, crop_size: int = 227, flip_prob: float = 0.5, lighting_std: float = 0.1,
-               std: np.ndarray | None = None) -> np.ndarray:
+def train_view(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    mean: np.ndarray,
+    eigval: np.ndarray,
+    eigvec: np.ndarray,
+    crop_size: int = 227,
+    flip_prob: float = 0.5,
+    lighting_std: float = 0.1,
+    std: np.ndarray | None = None,
+) -> np.ndarray:
     """Sec. 4.1 training input: random window, mirror with p=0.5, PCA lighting, mean subtracted -> [3, C, C]."""
     top, left = random_crop_offsets(rng, image.shape[0], image.shape[1], crop_size)
     flip = bool(rng.random() < flip_prob)

@@ -3,6 +3,7 @@
 Checks happen here, before DALI starts, so a foreign or damaged shard directory is one clear error naming the
 shard and sample (DALI would fail later, deep in a worker thread, or read an empty label).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,16 +44,19 @@ def split_files(root: str, split: str) -> SplitFiles:
     urls = [store.join(ds.root, split, e["name"]) for e in entries]
     present = store.list_sizes(store.join(ds.root, split))
     indexes = []
-    for url, entry in zip(urls, entries):
+    for url, entry in zip(urls, entries, strict=True):
         index = dali_index.index_name(url)
         if entry["name"] not in present:
-            raise UserError(f"{url} is missing: run `cli.py verify --shards {ds.root}` and rerun `cli.py shard` to "
-                            "rewrite it")
+            raise UserError(
+                f"{url} is missing: run `cli.py verify --shards {ds.root}` and rerun `cli.py shard` to rewrite it"
+            )
         if dali_index.index_name(entry["name"]) not in present:
-            raise UserError(f"{url} has no DALI index {store.basename(index)}: make it with "
-                            f"`wds2idx {url} {index}` (from nvidia-dali) or rerun `cli.py shard`")
+            raise UserError(
+                f"{url} has no DALI index {store.basename(index)}: make it with "
+                f"`wds2idx {url} {index}` (from nvidia-dali) or rerun `cli.py shard`"
+            )
         indexes.append(_local_index(index, entry) if store.is_url(index) else index)
-    for url, index, entry in zip(urls, indexes, entries):
+    for url, index, entry in zip(urls, indexes, entries, strict=True):
         check_shard_files(url, index, entry["count"])
     size = int(ds.manifest.get("params", {}).get("size", 256))
     return SplitFiles(ds.root, split, tuple(urls), tuple(indexes), tuple(e["count"] for e in entries), size)
@@ -74,10 +78,14 @@ def check_shard_files(url: str, index: str, count: int) -> None:
     if problem is None:
         return
     if problem.startswith("sample"):
-        raise UserError(f"{url}: {problem}; the pipeline reads the jpg and the label from .{fmt.LABEL_I32_EXT} "
-                        "(4-byte int32): rewrite these shards with `cli.py shard`")
-    raise UserError(f"{index} does not describe {url} ({problem}): the index is stale or foreign, rewrite it with "
-                    f"`wds2idx {url} {index}` or rerun `cli.py shard`")
+        raise UserError(
+            f"{url}: {problem}; the pipeline reads the jpg and the label from .{fmt.LABEL_I32_EXT} "
+            "(4-byte int32): rewrite these shards with `cli.py shard`"
+        )
+    raise UserError(
+        f"{index} does not describe {url} ({problem}): the index is stale or foreign, rewrite it with "
+        f"`wds2idx {url} {index}` or rerun `cli.py shard`"
+    )
 
 
 def rank_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -93,7 +101,7 @@ def rank_counts(count: int, world_size: int) -> list[int]:
 def jpeg_records(files: SplitFiles, start: int, stop: int):
     """(shard path, key, offset, size) of the jpg of split samples [start, stop), read from the .idx files."""
     first = 0
-    for url, index_path, count in zip(files.urls, files.index_paths, files.shard_counts):
+    for url, index_path, count in zip(files.urls, files.index_paths, files.shard_counts, strict=True):
         lo, hi = max(start, first), min(stop, first + count)
         if lo < hi:
             with open(index_path) as f:

@@ -3,6 +3,7 @@
 Reader API (stable): `shards.open(DIR)` -> ShardSet (`.classes`, `.stats`, `.urls(split)`, `.count(split)`, ...),
 `shards.webdataset(DIR, split)` -> webdataset.WebDataset of (PIL image, label).
 """
+
 from .api import ShardSet, Stats, webdataset
 from .errors import UserError
 

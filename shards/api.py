@@ -2,6 +2,7 @@
 
 DIR is a local folder or an fsspec URL (s3://bucket/imagenet-wds): the shards stream from where they are.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,10 @@ class ShardSet:
 
     def _split(self, split: str) -> dict:
         if split not in self.manifest["splits"]:
-            raise UserError(f"{self.root} has no '{split}' split (it has: {', '.join(self.splits) or 'none'}); "
-                            f"add it with `cli.py shard --src IMAGENET --out {self.root} --split {split}`")
+            raise UserError(
+                f"{self.root} has no '{split}' split (it has: {', '.join(self.splits) or 'none'}); "
+                f"add it with `cli.py shard --src IMAGENET --out {self.root} --split {split}`"
+            )
         return self.manifest["splits"][split]
 
     def shards(self, split: str) -> list[dict]:
@@ -70,11 +73,20 @@ class ShardSet:
     def stats(self) -> Stats:
         path = store.join(self.root, fmt.STATS)
         if not store.isfile(path):
-            raise UserError(f"{path} is missing: run `cli.py stats --shards {self.root}` "
-                            "(the training split is needed for statistics)")
+            raise UserError(
+                f"{path} is missing: run `cli.py stats --shards {self.root}` "
+                "(the training split is needed for statistics)"
+            )
         s = json.loads(store.read_bytes(path))
-        return Stats(mean=np.array(s["mean"]), std=np.array(s["std"]), cov=np.array(s["cov"]),
-                     eigval=np.array(s["eigval"]), eigvec=np.array(s["eigvec"]), count=s["count"], pixels=s["pixels"])
+        return Stats(
+            mean=np.array(s["mean"]),
+            std=np.array(s["std"]),
+            cov=np.array(s["cov"]),
+            eigval=np.array(s["eigval"]),
+            eigvec=np.array(s["eigvec"]),
+            count=s["count"],
+            pixels=s["pixels"],
+        )
 
     def mean_image(self) -> np.ndarray:
         """Per-pixel mean of the training images, float32 HWC on the 0-255 scale (the paper's mean image)."""
@@ -115,5 +127,7 @@ def _streamable(url: str) -> str:
     return f"pipe:{shlex.quote(sys.executable)} -c {shlex.quote(_CAT)} {shlex.quote(url)}"
 
 
-_CAT = ("import fsspec, shutil, signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL); "  # a reader that stops
-        "shutil.copyfileobj(fsspec.open(sys.argv[1]).open(), sys.stdout.buffer, 1 << 20)")      # early: end quietly
+_CAT = (
+    "import fsspec, shutil, signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL); "  # a reader that stops
+    "shutil.copyfileobj(fsspec.open(sys.argv[1]).open(), sys.stdout.buffer, 1 << 20)"
+)  # early: end quietly

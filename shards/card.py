@@ -4,6 +4,7 @@ YAML front matter the Hugging Face Hub reads (license placeholder, task, `config
 tars, so `datasets.load_dataset(OUT)` loads exactly the samples and never the DALI .idx files), then the page a
 person reads: what the images are, counts, statistics, classes, skipped inputs, duplicates, how to load them.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from .duplicates import attach_duplicates, summary_lines
 
 CARD = "README.md"
 HF_SPLITS = {"train": "train", "val": "validation"}  # our folder -> the Hub's split name
-FULL_CLASS_TABLE = 50   # up to this many classes: a row each; more: a compact table, 4 classes a row
-LISTED = 20             # skipped inputs / duplicate groups shown per section (all of them in dataset.json)
+FULL_CLASS_TABLE = 50  # up to this many classes: a row each; more: a compact table, 4 classes a row
+LISTED = 20  # skipped inputs / duplicate groups shown per section (all of them in dataset.json)
 
 
 def finish_run(out: str, manifest: dict, records: dict[str, list[dict]] | None = None) -> None:
@@ -40,14 +41,20 @@ def front_matter(manifest: dict) -> dict:
         "task_categories": ["image-classification"],
         "pretty_name": "ImageNet (ILSVRC-2012) as 256x256 WebDataset shards",
         "size_categories": [size_category(total)],
-        "configs": [{"config_name": "default", "data_files": [{"split": HF_SPLITS[s], "path": f"{s}/*.tar"}
-                                                              for s in splits]}],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": HF_SPLITS[s], "path": f"{s}/*.tar"} for s in splits]}
+        ],
     }
 
 
 def size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return name
     return "10M<n<100M"
@@ -60,8 +67,13 @@ def card_text(out: str, manifest: dict) -> str:
         "License: `other` is a placeholder. The images keep the terms under which you obtained ImageNet "
         "(https://image-net.org/download.php: non-commercial research and education); set the license of your "
         "copy before sharing it.\n",
-        images_section(manifest), counts_section(manifest), stats_section(out), classes_section(manifest),
-        skipped_section(manifest), duplicates_section(manifest), loading_section(manifest),
+        images_section(manifest),
+        counts_section(manifest),
+        stats_section(out),
+        classes_section(manifest),
+        skipped_section(manifest),
+        duplicates_section(manifest),
+        loading_section(manifest),
         f"Written by the ImageNet -> WebDataset sharder, tool version {manifest.get('tool_version')}, shard format "
         f"version {manifest.get('format_version')}. The manifest `{fmt.MANIFEST}` has everything above in full.\n",
     ]
@@ -71,15 +83,17 @@ def card_text(out: str, manifest: dict) -> str:
 def images_section(manifest: dict) -> str:
     p = manifest["params"]
     shard_size = p.get("shard_size") or "auto (at most 1000, and at least min(64, n/16) shards per split)"
-    return (f"## The images\n\nEvery image is {p['size']}x{p['size']} RGB, a baseline 4:2:0 JPEG at quality "
-            f"{p['quality']}: decoded from the original (any format or colour mode; alpha composited on white, "
-            f"16-bit scaled to 8-bit), its shorter side resized to {p['size']} with an antialiased "
-            f"{p['resize_filter']} filter (small images are upscaled) and the centre {p['size']}x{p['size']} "
-            f"kept. Training samples are in a random order (seed {p['seed']}); validation samples in sorted order. "
-            f"Samples per shard: {shard_size}.\n\nEach sample: `KEY.jpg` (the image), `KEY.cls` (label, ASCII "
-            "decimal), `KEY.lbl` (the same label, int32 little-endian), `KEY.json` (`wnid`, `source` path, "
-            "original `width`/`height`, `digest` and `phash` fingerprints). Label = index of the wnid in the "
-            "sorted training wnids (`n01440764` is 0).\n")
+    return (
+        f"## The images\n\nEvery image is {p['size']}x{p['size']} RGB, a baseline 4:2:0 JPEG at quality "
+        f"{p['quality']}: decoded from the original (any format or colour mode; alpha composited on white, "
+        f"16-bit scaled to 8-bit), its shorter side resized to {p['size']} with an antialiased "
+        f"{p['resize_filter']} filter (small images are upscaled) and the centre {p['size']}x{p['size']} "
+        f"kept. Training samples are in a random order (seed {p['seed']}); validation samples in sorted order. "
+        f"Samples per shard: {shard_size}.\n\nEach sample: `KEY.jpg` (the image), `KEY.cls` (label, ASCII "
+        "decimal), `KEY.lbl` (the same label, int32 little-endian), `KEY.json` (`wnid`, `source` path, "
+        "original `width`/`height`, `digest` and `phash` fingerprints). Label = index of the wnid in the "
+        "sorted training wnids (`n01440764` is 0).\n"
+    )
 
 
 def counts_section(manifest: dict) -> str:
@@ -87,8 +101,10 @@ def counts_section(manifest: dict) -> str:
     for split in fmt.SPLITS:
         if split in manifest["splits"]:
             e = manifest["splits"][split]
-            rows.append(f"| {split} | {e['count']:,} | {len(e['shards']):,} | "
-                        f"{sum(s['bytes'] for s in e['shards']):,} | {len(e['skipped']):,} |")
+            rows.append(
+                f"| {split} | {e['count']:,} | {len(e['shards']):,} | "
+                f"{sum(s['bytes'] for s in e['shards']):,} | {len(e['skipped']):,} |"
+            )
     return "\n".join(rows) + "\n"
 
 
@@ -97,15 +113,19 @@ def stats_section(out: str) -> str:
         s = store.read_json(store.join(out, fmt.STATS))
     except (OSError, ValueError):
         return "## Statistics\n\nNo `stats.json` (no training split yet).\n"
-    rows = ["## Statistics of the training images\n",
-            f"Over {s['count']:,} images ({s['pixels']:,} pixels), computed from the JPEGs as written "
-            f"(`{fmt.STATS}`; per-pixel mean image in `{fmt.MEAN_IMAGE}`).\n",
-            "| | R | G | B |", "|---|---:|---:|---:|",
-            "| mean (0-255) | " + " | ".join(f"{v:.3f}" for v in s["mean"]) + " |",
-            "| std (0-255) | " + " | ".join(f"{v:.3f}" for v in s["std"]) + " |",
-            "\nPCA of the RGB covariance ([0,1] scale), for AlexNet's lighting noise "
-            "`eigvec @ (alpha * eigval)`, alpha ~ N(0, 0.1^2):\n",
-            "| component | eigval | eigvec (R, G, B) |", "|---|---:|---|"]
+    rows = [
+        "## Statistics of the training images\n",
+        f"Over {s['count']:,} images ({s['pixels']:,} pixels), computed from the JPEGs as written "
+        f"(`{fmt.STATS}`; per-pixel mean image in `{fmt.MEAN_IMAGE}`).\n",
+        "| | R | G | B |",
+        "|---|---:|---:|---:|",
+        "| mean (0-255) | " + " | ".join(f"{v:.3f}" for v in s["mean"]) + " |",
+        "| std (0-255) | " + " | ".join(f"{v:.3f}" for v in s["std"]) + " |",
+        "\nPCA of the RGB covariance ([0,1] scale), for AlexNet's lighting noise "
+        "`eigvec @ (alpha * eigval)`, alpha ~ N(0, 0.1^2):\n",
+        "| component | eigval | eigvec (R, G, B) |",
+        "|---|---:|---|",
+    ]
     for i, val in enumerate(s["eigval"]):
         vec = ", ".join(f"{row[i]:+.4f}" for row in s["eigvec"])
         rows.append(f"| pc{i + 1} | {val:.5f} | {vec} |")
@@ -121,7 +141,7 @@ def classes_section(manifest: dict) -> str:
     else:
         rows = ["| label | wnid | name " * 4 + "|", "|---:|---|---" * 4 + "|"]
         for start in range(0, len(cells), 4):
-            rows.append("".join(f"| {i} | {w} | {n} " for i, w, n in cells[start: start + 4]) + "|")
+            rows.append("".join(f"| {i} | {w} | {n} " for i, w, n in cells[start : start + 4]) + "|")
     return "\n".join(head + rows) + "\n"
 
 
@@ -133,8 +153,7 @@ def skipped_section(manifest: dict) -> str:
             rows.append(f"{split}: {len(skipped):,} input(s) could not be read and are not in the shards:\n")
             rows += [f"- `{s['path']}`: {s['reason']}" for s in skipped[:LISTED]]
             if len(skipped) > LISTED:
-                rows.append(f"- ... and {len(skipped) - LISTED:,} more (`splits.{split}.skipped` in "
-                            f"`{fmt.MANIFEST}`)")
+                rows.append(f"- ... and {len(skipped) - LISTED:,} more (`splits.{split}.skipped` in `{fmt.MANIFEST}`)")
             rows.append("")
     if len(rows) == 1:
         rows.append("None: every input was read.\n")
@@ -145,14 +164,19 @@ def duplicates_section(manifest: dict) -> str:
     summary, groups = manifest.get("duplicate_summary"), manifest.get("duplicates", [])
     if summary is None:
         return "## Duplicates\n\nNo duplicate report.\n"
-    rows = ["## Duplicates\n", "A report only: every image is in the shards. Exact = identical 256x256 images; "
-            f"near = perceptual hashes (64-bit DCT hash) within {summary['threshold']} bits: the same picture "
-            "re-encoded or resized (a shifted framing is mostly not caught). Within train, and validation against "
-            "train.\n"]
+    rows = [
+        "## Duplicates\n",
+        "A report only: every image is in the shards. Exact = identical 256x256 images; "
+        f"near = perceptual hashes (64-bit DCT hash) within {summary['threshold']} bits: the same picture "
+        "re-encoded or resized (a shifted framing is mostly not caught). Within train, and validation against "
+        "train.\n",
+    ]
     rows += [f"- {line}" for line in summary_lines(summary)]
     if summary.get("shards_without_fingerprints"):
-        rows.append(f"- {len(summary['shards_without_fingerprints'])} shards were written without fingerprints "
-                    "and are not covered (rewrite them with `--overwrite`)")
+        rows.append(
+            f"- {len(summary['shards_without_fingerprints'])} shards were written without fingerprints "
+            "and are not covered (rewrite them with `--overwrite`)"
+        )
     if groups:
         rows.append(f"\nFirst groups (all {len(groups):,} in `duplicates` in `{fmt.MANIFEST}`):\n")
         rows += [f"- {g['kind']}: " + ", ".join(f"`{s}`" for s in g["samples"]) for g in groups[:LISTED]]
@@ -167,8 +191,9 @@ def loading_section(manifest: dict) -> str:
 ```python
 # Hugging Face datasets: this card's `configs` name the tars only (the folders also hold DALI's .idx files)
 import datasets
-ds = datasets.load_dataset("path/to/this/folder")   # splits: {", ".join(HF_SPLITS[s] for s in fmt.SPLITS
-                                                              if s in manifest["splits"])}
+ds = datasets.load_dataset("path/to/this/folder")   # splits: {
+        ", ".join(HF_SPLITS[s] for s in fmt.SPLITS if s in manifest["splits"])
+    }
 row = ds["{hf_split}"][0]                                # row["jpg"] (PIL image), row["cls"] (label), row["json"]
 
 # webdataset + PyTorch DataLoader

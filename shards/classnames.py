@@ -11,6 +11,7 @@ Where the names come from, first found wins:
    unique per class, e.g. "kite (bird of prey)").
 3. A wnid nobody names keeps the wnid as its name.
 """
+
 from __future__ import annotations
 
 import io
@@ -108,8 +109,10 @@ def _mat_names(data: bytes, path: str) -> dict[str, str]:
     try:
         import scipy.io
     except ModuleNotFoundError:
-        print(f"note: class names: {path} needs scipy (pip install scipy); put synset_words.txt beside --src "
-              "instead, or the built-in ILSVRC-2012 names are used")
+        print(
+            f"note: class names: {path} needs scipy (pip install scipy); put synset_words.txt beside --src "
+            "instead, or the built-in ILSVRC-2012 names are used"
+        )
         return {}
     synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
     return {str(s["WNID"]): first_name(str(s["words"])) for s in synsets}

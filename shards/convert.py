@@ -5,6 +5,7 @@ record, file size and plan still match and redoes the rest. Same inputs + seed -
 whether a local process pool or a Dask cluster (`--cluster`) runs `writer.build_shard`, and whether SRC and
 OUT are local folders or object-store URLs.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,23 +30,28 @@ from .writer import ShardTask, finished_records
 
 @dataclass
 class ShardConfig:
-    src: str                        # a folder, an ILSVRC tar, or an fsspec URL of either
-    out: str = fmt.DEFAULT_SHARDS   # a folder or an fsspec URL
-    split: str | None = None        # None: every split SRC holds
+    src: str  # a folder, an ILSVRC tar, or an fsspec URL of either
+    out: str = fmt.DEFAULT_SHARDS  # a folder or an fsspec URL
+    split: str | None = None  # None: every split SRC holds
     val_labels: str | None = None
     workers: int = os.cpu_count() or 1
-    shard_size: int | None = None   # None: auto (layout.chunk): <= 1000 per shard, >= min(64, n // 16) shards
-    quality: int = 90               # JPEG quality of the 256x256 images
-    size: int = 256                 # Sec. 2: "down-sampled the images to a fixed resolution of 256 x 256"
-    seed: int = 0                   # training shuffle
+    shard_size: int | None = None  # None: auto (layout.chunk): <= 1000 per shard, >= min(64, n // 16) shards
+    quality: int = 90  # JPEG quality of the 256x256 images
+    size: int = 256  # Sec. 2: "down-sampled the images to a fixed resolution of 256 x 256"
+    seed: int = 0  # training shuffle
     resize_filter: str = RESIZE_FILTER
     overwrite: bool = False
     progress: bool = True
-    cluster: str | None = None      # address of a Dask scheduler; None: a local process pool
+    cluster: str | None = None  # address of a Dask scheduler; None: a local process pool
 
     def params(self) -> dict:
-        return {"size": self.size, "quality": self.quality, "resize_filter": self.resize_filter,
-                "seed": self.seed, "shard_size": self.shard_size}
+        return {
+            "size": self.size,
+            "quality": self.quality,
+            "resize_filter": self.resize_filter,
+            "seed": self.seed,
+            "shard_size": self.shard_size,
+        }
 
 
 def convert(cfg: ShardConfig) -> dict:
@@ -101,14 +107,21 @@ def _start_manifest(cfg: ShardConfig, found: dict[str, list[Item]]) -> dict:
     params = cfg.params()
     if old is not None and (old.get("params") != params or old.get("format_version") != fmt.FORMAT_VERSION):
         if not cfg.overwrite:
-            raise UserError(f"{cfg.out} was written with {old.get('params')} (format "
-                            f"{old.get('format_version')}), not {params}: pass --overwrite to redo it, "
-                            "or choose another --out")
+            raise UserError(
+                f"{cfg.out} was written with {old.get('params')} (format "
+                f"{old.get('format_version')}), not {params}: pass --overwrite to redo it, "
+                "or choose another --out"
+            )
         old = None
     if cfg.overwrite:
         _remove_splits(cfg.out, found if old is not None else fmt.SPLITS)
-    manifest = {"format_version": fmt.FORMAT_VERSION, "tool_version": fmt.TOOL_VERSION, "params": params,
-                "classes": [], "splits": {}}
+    manifest = {
+        "format_version": fmt.FORMAT_VERSION,
+        "tool_version": fmt.TOOL_VERSION,
+        "params": params,
+        "classes": [],
+        "splits": {},
+    }
     if old is not None and "splits" in old:
         manifest["classes"] = old["classes"]
         manifest["splits"] = {s: v for s, v in old["splits"].items() if s not in found}
@@ -132,9 +145,11 @@ def _classes(manifest: dict, found: dict[str, list[Item]]) -> list[str]:
     if "train" in found:
         classes = sorted({it.wnid for it in found["train"]})
         if old and old != classes and manifest["splits"]:
-            raise UserError(f"the existing {', '.join(manifest['splits'])} split was labelled with a different "
-                            f"class list ({len(old)} classes) than these training folders ({len(classes)}): "
-                            "shard all splits again with --overwrite")
+            raise UserError(
+                f"the existing {', '.join(manifest['splits'])} split was labelled with a different "
+                f"class list ({len(old)} classes) than these training folders ({len(classes)}): "
+                "shard all splits again with --overwrite"
+            )
         return classes
     if old:
         return old
@@ -147,8 +162,10 @@ def _labels(items: list[Item], classes: list[str], split: str) -> dict[str, int]
     index = {wnid: i for i, wnid in enumerate(classes)}
     unknown = sorted({it.wnid for it in items if it.wnid not in index})
     if unknown:
-        raise UserError(f"{len(unknown)} {split} wnids are not training classes (first: {unknown[0]}): "
-                        "is the labels file for this dataset?")
+        raise UserError(
+            f"{len(unknown)} {split} wnids are not training classes (first: {unknown[0]}): "
+            "is the labels file for this dataset?"
+        )
     return {it.source: index[it.wnid] for it in items}
 
 
@@ -179,8 +196,21 @@ def _tasks(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, in
     store.makedirs(work)
     store.remove_temporaries(folder, work)  # left by a crashed (killed) run
     chunks = chunk(items, cfg.shard_size)  # sizes every reader can split (layout.py)
-    return [ShardTask(split, n, tuple(chunk), tuple(labels[it.source] for it in chunk), folder, work, cfg.size,
-                      cfg.quality, cfg.resize_filter, split == "train") for n, chunk in enumerate(chunks)]
+    return [
+        ShardTask(
+            split,
+            n,
+            tuple(chunk),
+            tuple(labels[it.source] for it in chunk),
+            folder,
+            work,
+            cfg.size,
+            cfg.quality,
+            cfg.resize_filter,
+            split == "train",
+        )
+        for n, chunk in enumerate(chunks)
+    ]
 
 
 def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[str, int]) -> list[dict]:
@@ -193,7 +223,9 @@ def _write_split(cfg: ShardConfig, split: str, items: list[Item], labels: dict[s
         print(f"{split}: {kept} of {len(tasks)} shards already finished, {len(todo)} to write")
     if todo:
         with progress_bar(sum(len(t.items) for t in todo), f"{split} images", "img", enabled=cfg.progress) as bar:
-            records.update({t.index: r for t, r in zip(todo, run_tasks(todo, cfg.workers, cfg.cluster, bar))})
+            records.update(
+                {t.index: r for t, r in zip(todo, run_tasks(todo, cfg.workers, cfg.cluster, bar), strict=True)}
+            )
     return [records[t.index] for t in tasks]
 
 
@@ -227,7 +259,7 @@ def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
         recompute_stats(cfg.out, cfg.workers)
         return
     total = PixelSums.zero(cfg.size, mean_image=True)
-    for record, partial in zip(records, partials):
+    for record, partial in zip(records, partials, strict=True):
         total = total.merge(PixelSums.from_json(record["sums"], load_sum(partial)))
     write_stats(cfg.out, total, digest)
     for partial in partials:  # not worth keeping once merged

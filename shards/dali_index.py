@@ -4,6 +4,7 @@ One `.idx` beside each `.tar`: a header line `v1.2 N`, then one line per sample 
 `ext offset size name` (v1.1 lists `ext offset size`, without the name). This is what DALI's own `wds2idx`
 writes; `fn.readers.webdataset` needs it to read a tar without scanning it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,15 +33,18 @@ class Component:
 @dataclass(frozen=True)
 class Index:
     version: tuple[int, ...]
-    count: int          # what the header says
-    lines: list[str]    # one per sample, unparsed (parsing 1.28M samples up front would cost seconds)
+    count: int  # what the header says
+    lines: list[str]  # one per sample, unparsed (parsing 1.28M samples up front would cost seconds)
 
     def sample(self, number: int) -> dict[str, Component]:
         fields = self.lines[number].split()
         stride = 4 if self.version >= (1, 2) else 3
-        return {fields[i]: Component(fields[i], int(fields[i + 1]), int(fields[i + 2]),
-                                     fields[i + 3] if stride == 4 else None)
-                for i in range(0, len(fields) - stride + 1, stride)}
+        return {
+            fields[i]: Component(
+                fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3] if stride == 4 else None
+            )
+            for i in range(0, len(fields) - stride + 1, stride)
+        }
 
     def key(self, number: int) -> str:
         """The sample's key (from its member names), or 'number N' in a v1.1 index."""
@@ -89,8 +93,10 @@ def problem(text: str, count: int, required: tuple[str, ...] = (), sizes: dict[s
         sample = index.sample(number)
         missing = [ext for ext in required if ext not in sample]
         if missing:
-            return (f"sample '{index.key(number)}' has no .{' / .'.join(missing)} component "
-                    f"(it has {', '.join(sample) or 'none'})")
+            return (
+                f"sample '{index.key(number)}' has no .{' / .'.join(missing)} component "
+                f"(it has {', '.join(sample) or 'none'})"
+            )
         for ext, n in sizes.items():
             if sample[ext].size != n:
                 return f"sample '{index.key(number)}' has a .{ext} of {sample[ext].size} bytes, not {n}"

@@ -4,6 +4,7 @@ Used by `make demo`, the benchmarks and the tests. Each class is one photograph;
 crops of it at random scale, aspect ratio and resolution (like ImageNet's variable-resolution JPEGs), so a
 network can really learn the classes. Same seed -> same files, byte for byte.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,12 +17,12 @@ from PIL import Image, ImageEnhance
 
 # (ImageNet wnid it stands in for, package, file inside the package)
 PHOTOS = [
-    ("n02123045", "skimage", "data/chelsea.png"),          # tabby cat
-    ("n03355925", "skimage", "data/astronaut.png"),        # flagpole (astronaut with the flag)
-    ("n03773504", "skimage", "data/rocket.jpg"),           # missile
+    ("n02123045", "skimage", "data/chelsea.png"),  # tabby cat
+    ("n03355925", "skimage", "data/astronaut.png"),  # flagpole (astronaut with the flag)
+    ("n03773504", "skimage", "data/rocket.jpg"),  # missile
     ("n03785016", "skimage", "data/motorcycle_left.png"),  # moped
-    ("n04069434", "skimage", "data/camera.png"),           # reflex camera (grayscale photograph)
-    ("n07920052", "skimage", "data/coffee.png"),           # espresso
+    ("n04069434", "skimage", "data/camera.png"),  # reflex camera (grayscale photograph)
+    ("n07920052", "skimage", "data/coffee.png"),  # espresso
     ("n03763968", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),  # military uniform
     ("n09428293", "skimage", "data/hubble_deep_field.jpg"),  # stands in for a tenth-class "seashore"
 ]
@@ -80,8 +81,14 @@ def sample_images(num_classes: int, per_class: int, seed: int, split: str):
             yield wnid, i, jpeg_bytes(random_view(photo, rng), quality=rng.randint(85, 95))
 
 
-def make_sample_tree(dest: str, num_classes: int = 8, train_per_class: int = 24, val_per_class: int = 6,
-                     seed: int = 0, layout: str = "folders") -> str:
+def make_sample_tree(
+    dest: str,
+    num_classes: int = 8,
+    train_per_class: int = 24,
+    val_per_class: int = 6,
+    seed: int = 0,
+    layout: str = "folders",
+) -> str:
     """Write an ImageNet-shaped sample and return the path to pass as `--src`.
 
     layout "folders": dest/train/<wnid>/<wnid>_<i>.JPEG and dest/val/<wnid>/ILSVRC2012_val_<n>.JPEG.
@@ -93,8 +100,10 @@ def make_sample_tree(dest: str, num_classes: int = 8, train_per_class: int = 24,
         raise ValueError(f"unknown layout {layout}")
     os.makedirs(dest, exist_ok=True)
     train = [(w, f"{w}_{i}.JPEG", data) for w, i, data in sample_images(num_classes, train_per_class, seed, "train")]
-    val = [(w, f"ILSVRC2012_val_{n + 1:08d}.JPEG", data)
-           for n, (w, _, data) in enumerate(sample_images(num_classes, val_per_class, seed, "val"))]
+    val = [
+        (w, f"ILSVRC2012_val_{n + 1:08d}.JPEG", data)
+        for n, (w, _, data) in enumerate(sample_images(num_classes, val_per_class, seed, "val"))
+    ]
     if layout == "tars":
         _write_train_tar(os.path.join(dest, "ILSVRC2012_img_train.tar"), train)
         _write_tar(os.path.join(dest, "ILSVRC2012_img_val.tar"), [(name, data) for _, name, data in val])

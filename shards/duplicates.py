@@ -10,6 +10,7 @@ multi-index hashing: the 64 bits cut into 4 bands of 16, and a pair within dista
 each by its full Hamming distance. Groups are the connected components of the matching pairs. Pairs inside the
 validation split alone are not reported (the issue is train vs train and val vs train).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from . import format as fmt
 from . import io as store
 from .layout import record_path, work_dir
 
-THRESHOLD = 3   # chosen by measurement (bench/phash_threshold.py); the bands below find every pair up to 3
+THRESHOLD = 3  # chosen by measurement (bench/phash_threshold.py); the bands below find every pair up to 3
 BANDS = 4
 
 
@@ -65,7 +66,7 @@ def components(i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
     if not len(i):
         return []
     nodes, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
-    a, b = inverse[: len(i)], inverse[len(i):]
+    a, b = inverse[: len(i)], inverse[len(i) :]
     label = np.arange(len(nodes))
     while True:  # min-label propagation with pointer jumping
         low = np.minimum(label[a], label[b])
@@ -89,8 +90,11 @@ def find_groups(ids: list[str], digests: list[str], phashes: list[str], threshol
 def match(ids: list[str], digests: list[str], phashes: list[str], threshold: int = THRESHOLD) -> tuple[list, dict]:
     """(groups, counts): groups are connected components of the matching pairs; counts are per image, each image
     counted once, as identical if it has an identical copy, else as near-identical if it has a near one."""
-    counts = {"groups": {"exact": 0, "near": 0}, "val_with_copy_in_train": {"exact": 0, "near": 0},
-              "train_with_copy_in_train": {"exact": 0, "near": 0}}
+    counts = {
+        "groups": {"exact": 0, "near": 0},
+        "val_with_copy_in_train": {"exact": 0, "near": 0},
+        "train_with_copy_in_train": {"exact": 0, "near": 0},
+    }
     if not ids:
         return [], counts
     is_val = np.array([s.startswith("val/") for s in ids])
@@ -127,20 +131,29 @@ def _sample_order(sample: str) -> tuple:
 def summary_lines(s: dict) -> list[str]:
     """ "12 validation images have a copy in train (5 identical, 7 near)" and the like."""
     v, t = s["val_with_copy_in_train"], s["train_with_copy_in_train"]
-    return [f"{v['exact'] + v['near']} validation images have a copy in train "
-            f"({v['exact']} identical, {v['near']} near-identical)",
-            f"{t['exact'] + t['near']} training images have a copy in train ({t['exact']} identical, "
-            f"{t['near']} near-identical; {s['groups']['exact']} + {s['groups']['near']} groups, "
-            f"near = phash distance <= {s['threshold']})"]
+    return [
+        f"{v['exact'] + v['near']} validation images have a copy in train "
+        f"({v['exact']} identical, {v['near']} near-identical)",
+        f"{t['exact'] + t['near']} training images have a copy in train ({t['exact']} identical, "
+        f"{t['near']} near-identical; {s['groups']['exact']} + {s['groups']['near']} groups, "
+        f"near = phash distance <= {s['threshold']})",
+    ]
 
 
-def duplicate_report(out: str, manifest: dict, threshold: int = THRESHOLD,
-                     records: dict[str, list[dict]] | None = None) -> dict:
+def duplicate_report(
+    out: str, manifest: dict, threshold: int = THRESHOLD, records: dict[str, list[dict]] | None = None
+) -> dict:
     """{"duplicates": groups, "duplicate_summary": counts} over every split of the manifest, from the shard
     records: those given (split -> records, as a run has them), the others' read from OUT/.work/<split>/."""
     given = {(split, r["name"]): r.get("fingerprints") for split, rs in (records or {}).items() for r in rs}
-    stored = store.read_many([_record(out, split, shard["name"]) for split, entry in manifest["splits"].items()
-                              for shard in entry["shards"] if (split, shard["name"]) not in given])  # one batch
+    stored = store.read_many(
+        [
+            _record(out, split, shard["name"])
+            for split, entry in manifest["splits"].items()
+            for shard in entry["shards"]
+            if (split, shard["name"]) not in given
+        ]
+    )  # one batch
     ids, digests, phashes, missing = [], [], [], []
     for split, entry in manifest["splits"].items():
         for shard in entry["shards"]:

@@ -1,11 +1,20 @@
 """The one exception type for user mistakes, and the one line a user is told for each kind of failure."""
+
 from __future__ import annotations
 
 import errno
 
-MISSING_HINTS = {"nvidia": "nvidia-dali-cuda120", "torch": "torch", "webdataset": "webdataset",
-                 "simplejpeg": "simplejpeg", "matplotlib": "matplotlib", "skimage": "scikit-image",
-                 "distributed": "'dask[distributed]==2026.8.0'", "s3fs": "s3fs==2026.9.0", "gcsfs": "gcsfs==2026.9.0"}
+MISSING_HINTS = {
+    "nvidia": "nvidia-dali-cuda120",
+    "torch": "torch",
+    "webdataset": "webdataset",
+    "simplejpeg": "simplejpeg",
+    "matplotlib": "matplotlib",
+    "skimage": "scikit-image",
+    "distributed": "'dask[distributed]==2026.8.0'",
+    "s3fs": "s3fs==2026.9.0",
+    "gcsfs": "gcsfs==2026.9.0",
+}
 CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 
 
@@ -22,15 +31,21 @@ def explain(e: BaseException) -> tuple[str, int] | None:
     if isinstance(e, ModuleNotFoundError):
         package = MISSING_HINTS.get((e.name or "").split(".")[0])
         if package:
-            return (f"error: {e.name} is not installed: run `make test` or `make demo` once (they set up .venv), "
-                    f"or `pip install {package}`"), 2
+            return (
+                f"error: {e.name} is not installed: run `make test` or `make demo` once (they set up .venv), "
+                f"or `pip install {package}`"
+            ), 2
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"error: no space left for {e.filename or 'the output'} ({e.strerror}): free space and rerun the "
-                "same command; finished work is kept, half-written files were removed"), 2
+        return (
+            f"error: no space left for {e.filename or 'the output'} ({e.strerror}): free space and rerun the "
+            "same command; finished work is kept, half-written files were removed"
+        ), 2
     if isinstance(e, PermissionError):  # an object store's AccessDenied arrives as this
         return f"error: permission denied: {e}: check that the credentials may read/write there", 2
     if type(e).__name__ in CREDENTIAL_ERRORS:
-        return (f"error: no credentials for the object store ({e}): set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (S3; AWS_ENDPOINT_URL for MinIO/Ceph), or "
-                "GOOGLE_APPLICATION_CREDENTIALS (GCS)"), 2
+        return (
+            f"error: no credentials for the object store ({e}): set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (S3; AWS_ENDPOINT_URL for MinIO/Ceph), or "
+            "GOOGLE_APPLICATION_CREDENTIALS (GCS)"
+        ), 2
     return None

@@ -9,14 +9,15 @@ antialiased reduction of 256x256), its 2-D DCT-II, the lowest 8x8 frequencies, e
 median. Re-encoding, resizing by 10-20% or a slightly different framing flip few bits; different pictures differ
 in about half of them. Both as 16 hex characters.
 """
+
 from __future__ import annotations
 
 import hashlib
 
 import numpy as np
 
-HASH_SIZE = 8      # 8x8 low frequencies -> 64 bits
-SMALL = 32         # the DCT is taken of a 32x32 reduction
+HASH_SIZE = 8  # 8x8 low frequencies -> 64 bits
+SMALL = 32  # the DCT is taken of a 32x32 reduction
 LUMA = np.array([299, 587, 114], np.int64)  # ITU-R 601 weights x 1000: integer luma, the same on every machine
 
 

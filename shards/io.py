@@ -5,9 +5,11 @@ A remote object is written with one PUT (a multipart upload above 50 MiB), which
 when complete: whole or absent there too. Credentials and endpoints come from each store's standard environment
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ... for S3; GOOGLE_APPLICATION_CREDENTIALS for GCS).
 """
+
 from __future__ import annotations
 
 import builtins
+import contextlib
 import ctypes
 import glob as globlib
 import hashlib
@@ -25,8 +27,14 @@ from .errors import UserError
 
 # the package fsspec needs for a protocol, pinned as in requirements.txt (a bare `pip install s3fs` beside a recent
 # boto3 resolves to s3fs 0.4.2 from 2019)
-PROTOCOL_PACKAGES = {"s3": "s3fs==2026.9.0", "s3a": "s3fs==2026.9.0", "gs": "gcsfs==2026.9.0",
-                     "gcs": "gcsfs==2026.9.0", "az": "adlfs", "abfs": "adlfs"}
+PROTOCOL_PACKAGES = {
+    "s3": "s3fs==2026.9.0",
+    "s3a": "s3fs==2026.9.0",
+    "gs": "gcsfs==2026.9.0",
+    "gcs": "gcsfs==2026.9.0",
+    "az": "adlfs",
+    "abfs": "adlfs",
+}
 
 
 def is_url(path) -> bool:
@@ -65,8 +73,10 @@ def filesystem(url: str):
         return fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError:
         package = PROTOCOL_PACKAGES.get(protocol, f"the fsspec implementation of {protocol}://")
-        raise UserError(f"{url}: {protocol}:// needs {package.split('==')[0]}: `pip install {package}` "
-                        "(make test / make demo install it)") from None
+        raise UserError(
+            f"{url}: {protocol}:// needs {package.split('==')[0]}: `pip install {package}` "
+            "(make test / make demo install it)"
+        ) from None
     except ValueError as e:
         raise UserError(f"{url}: {e}") from None
 
@@ -155,7 +165,7 @@ def list_files(folder: str) -> list[str]:
         return found
     fs, p = filesystem(folder)
     p = p.rstrip("/")
-    return [name[len(p) + 1:] for name in fs.find(p, withdirs=False)]
+    return [name[len(p) + 1 :] for name in fs.find(p, withdirs=False)]
 
 
 def listdir(folder: str) -> list[str]:
@@ -176,10 +186,8 @@ def remove(path: str) -> None:
             os.remove(path)
         return
     fs, p = filesystem(path)
-    try:  # one request: deleting a missing key is no error on an object store
+    with contextlib.suppress(FileNotFoundError):  # no such bucket (one request: a missing key is no error)
         fs.rm_file(p)
-    except FileNotFoundError:  # no such bucket
-        pass
 
 
 def rmtree(path: str) -> None:
@@ -187,10 +195,8 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     fs, p = filesystem(path)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(p, recursive=True)
-    except FileNotFoundError:
-        pass
 
 
 def check_writable(folder: str) -> None:

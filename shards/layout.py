@@ -6,6 +6,7 @@ shards per split, so every reader can give each of its workers (and each rank) s
 images -> 3 shards of 16, 50,000 -> 64 shards of 781-782, 1,281,167 -> 1282 shards of 999-1000. Sizes in a split
 differ by at most one. A function of the number of inputs only, so a resumed run plans the same shards.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,10 +28,10 @@ def default_shard_count(count: int) -> int:
 def chunk(items: list, shard_size: int | None) -> list[list]:
     """The split's shards: fixed `shard_size` chunks (the last one shorter), or the balanced default."""
     if shard_size:
-        return [items[i: i + shard_size] for i in range(0, len(items), shard_size)]
+        return [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     n = default_shard_count(len(items))
     bounds = [len(items) * i // n for i in range(n + 1)]
-    return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 def work_dir(out: str, split: str) -> str:
@@ -55,8 +56,12 @@ def compact_sum_bytes(image_sum: np.ndarray) -> bytes:
     values = np.ascontiguousarray(image_sum, dtype=dtype)
     planes = values.view(np.uint8).reshape(-1, values.itemsize).T.copy()  # byte plane 0, 1, ... (little-endian)
     buf = io.BytesIO()
-    np.savez(buf, shape=np.array(image_sum.shape), itemsize=np.array(values.itemsize),
-             planes=np.frombuffer(zlib.compress(planes.tobytes(), 1), np.uint8))
+    np.savez(
+        buf,
+        shape=np.array(image_sum.shape),
+        itemsize=np.array(values.itemsize),
+        planes=np.frombuffer(zlib.compress(planes.tobytes(), 1), np.uint8),
+    )
     return buf.getvalue()
 
 

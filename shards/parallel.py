@@ -8,10 +8,11 @@ Failures: a worker that dies mid-task is replaced by Dask, which runs the task a
 deterministic, so unchanged). A driver that dies or is interrupted leaves every committed shard in place for the
 rerun. SRC and OUT must be reachable under the same name from every worker.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
-from typing import Callable
+from collections.abc import Callable
 
 from . import io as store
 from .errors import UserError
@@ -65,19 +66,24 @@ def connect(address: str):
     try:
         from distributed import Client
     except ModuleNotFoundError:
-        raise UserError("--cluster needs Dask: `pip install 'dask[distributed]==2026.8.0'` "
-                        "(make test / make demo install it)") from None
+        raise UserError(
+            "--cluster needs Dask: `pip install 'dask[distributed]==2026.8.0'` (make test / make demo install it)"
+        ) from None
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError) as e:
-        raise UserError(f"cannot reach the Dask scheduler at {address} ({e.__class__.__name__}): start one with "
-                        f"`dask scheduler` and pass its address (tcp://HOST:8786), or check the address") from None
+        raise UserError(
+            f"cannot reach the Dask scheduler at {address} ({e.__class__.__name__}): start one with "
+            f"`dask scheduler` and pass its address (tcp://HOST:8786), or check the address"
+        ) from None
     try:
         client.wait_for_workers(1, timeout=WORKER_WAIT_S)
     except (OSError, TimeoutError):
         client.close()
-        raise UserError(f"no Dask worker joined the scheduler at {address} within {WORKER_WAIT_S} s: start "
-                        f"`dask worker {address} --nthreads 1` on each node (see README, 'On a cluster')") from None
+        raise UserError(
+            f"no Dask worker joined the scheduler at {address} within {WORKER_WAIT_S} s: start "
+            f"`dask worker {address} --nthreads 1` on each node (see README, 'On a cluster')"
+        ) from None
     return client
 
 
@@ -87,16 +93,20 @@ def check_environment(client, address: str) -> None:
     try:
         client.run_on_scheduler(exec, "import shards.writer")
     except Exception as e:  # noqa: BLE001 - whatever the import raised there, the remedy is the same
-        raise UserError(f"the Dask scheduler at {address} cannot import this project ({e.__class__.__name__}: {e}): "
-                        "start `dask scheduler` with the project's .venv and PYTHONPATH=/path/to/checkout, or "
-                        "`pip install /path/to/checkout` in its environment") from None
+        raise UserError(
+            f"the Dask scheduler at {address} cannot import this project ({e.__class__.__name__}: {e}): "
+            "start `dask scheduler` with the project's .venv and PYTHONPATH=/path/to/checkout, or "
+            "`pip install /path/to/checkout` in its environment"
+        ) from None
     results = client.run(exec, "import shards.writer", on_error="return")
     broken = {worker: error for worker, error in results.items() if isinstance(error, BaseException)}
     if broken:
         worker, error = sorted(broken.items())[0]
-        raise UserError(f"{len(broken)} of {len(results)} Dask workers cannot import this project (first: {worker}: "
-                        f"{error.__class__.__name__}: {error}): start them with the project's .venv and "
-                        "PYTHONPATH=/path/to/checkout, or `pip install /path/to/checkout` in their environment")
+        raise UserError(
+            f"{len(broken)} of {len(results)} Dask workers cannot import this project (first: {worker}: "
+            f"{error.__class__.__name__}: {error}): start them with the project's .venv and "
+            "PYTHONPATH=/path/to/checkout, or `pip install /path/to/checkout` in their environment"
+        )
 
 
 def run_on_cluster(address: str, fn: Callable, tasks: list, on_done: Callable) -> list:
@@ -108,7 +118,7 @@ def run_on_cluster(address: str, fn: Callable, tasks: list, on_done: Callable) -
     try:
         check_environment(client, address)
         futures = [client.submit(fn, task, pure=False) for task in tasks]
-        task_of = {future.key: task for future, task in zip(futures, tasks)}
+        task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
         results = {}
         for future in as_completed(futures, loop=client.loop):
             results[future.key] = future.result()  # re-raises a task's exception (e.g. a full disk) here

@@ -1,4 +1,5 @@
 """Progress of long steps: a redrawn bar on a terminal, plain periodic lines in a log, nothing when disabled."""
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,10 @@ class _Lines:
         elapsed = time.monotonic() - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-        print(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({rate:,.1f} {self.unit}/s, ETA {eta:,.0f} s)",
-              flush=True)
+        print(
+            f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({rate:,.1f} {self.unit}/s, ETA {eta:,.0f} s)",
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.n:

@@ -5,6 +5,7 @@ workers read them in parallel and in any order: archives are indexed once (heade
 and their members read in place. SRC is a local path or an fsspec URL (s3://bucket/imagenet): an archive
 member on an object store is one ranged GET, never a download of the whole tarball.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,10 +31,10 @@ WNID = re.compile(r"^n\d{8}$")
 class Item:
     """One input image: where its bytes are and what it is."""
 
-    key: str       # sample key in the shards (the source file's stem, dot-free)
+    key: str  # sample key in the shards (the source file's stem, dot-free)
     wnid: str
-    source: str    # path relative to SRC (inside an archive: archive/member[/member])
-    path: str      # file or object holding the bytes (absolute path or URL)
+    source: str  # path relative to SRC (inside an archive: archive/member[/member])
+    path: str  # file or object holding the bytes (absolute path or URL)
     offset: int = 0
     size: int = -1  # -1: the whole file
 
@@ -69,12 +70,15 @@ def _explain_empty(src: str, split: str | None) -> None:
     entries = [e for e in store.listdir(src) if e not in IGNORED_NAMES]
     wanted = f"'{split}/'" if split else "'train/' or 'val/'"
     if any(WNID.match(e) for e in entries):
-        raise UserError(f"--src {src} holds class folders directly: point --src at its parent "
-                        f"(the folder that contains {wanted})")
+        raise UserError(
+            f"--src {src} holds class folders directly: point --src at its parent (the folder that contains {wanted})"
+        )
     if not entries:
         raise UserError(f"--src {src} is empty: point it at the ImageNet folder that contains {wanted}")
-    raise UserError(f"--src {src} has no {wanted} folder and no ILSVRC2012_img_*.tar: point it at the "
-                    "ImageNet folder (ImageFolder layout) or at an archive")
+    raise UserError(
+        f"--src {src} has no {wanted} folder and no ILSVRC2012_img_*.tar: point it at the "
+        "ImageNet folder (ImageFolder layout) or at an archive"
+    )
 
 
 def _stem_key(name: str) -> str:
@@ -92,8 +96,10 @@ def _from_folder(src: str, folder: str, split: str, val_labels: str | None) -> l
     files = sorted(rel for rel in listed if "/" not in rel)
     items: list[Item] = []
     if in_classes:
-        items = [Item(_stem_key(rel), rel.split("/", 1)[0], f"{split}/{rel}", store.join(folder, *rel.split("/")))
-                 for rel in in_classes]
+        items = [
+            Item(_stem_key(rel), rel.split("/", 1)[0], f"{split}/{rel}", store.join(folder, *rel.split("/")))
+            for rel in in_classes
+        ]
     elif files and split == "val":
         labels = read_val_labels(_labels_path(src, val_labels))
         items = [Item(_stem_key(n), None, f"{split}/{n}", store.join(folder, n)) for n in files]
@@ -117,8 +123,10 @@ def _labels_path(src: str, val_labels: str | None) -> str:
         for name in ("LOC_val_solution.csv", "val_labels.txt"):
             if store.isfile(store.join(folder, name)):
                 return store.join(folder, name)
-    raise UserError("flat validation images need labels: pass --val-labels LOC_val_solution.csv "
-                    "(Kaggle) or a file of 'filename wnid' lines")
+    raise UserError(
+        "flat validation images need labels: pass --val-labels LOC_val_solution.csv "
+        "(Kaggle) or a file of 'filename wnid' lines"
+    )
 
 
 def read_val_labels(path: str) -> dict[str, str]:
@@ -128,14 +136,18 @@ def read_val_labels(path: str) -> dict[str, str]:
         first = f.readline()
         f.seek(0)
         if first.startswith("ImageId"):
-            rows = ((r["ImageId"], r["PredictionString"].split()[0] if r["PredictionString"].split() else "")
-                    for r in csv.DictReader(f))
+            rows = (
+                (r["ImageId"], r["PredictionString"].split()[0] if r["PredictionString"].split() else "")
+                for r in csv.DictReader(f)
+            )
         else:
             rows = (tuple(line.replace(",", " ").split()[:2]) for line in f if line.strip())
         for n, row in enumerate(rows, start=1):
             if len(row) != 2 or not WNID.match(row[1]):
-                raise UserError(f"{path}:{n}: expected 'filename wnid' (e.g. 'ILSVRC2012_val_00000001.JPEG "
-                                f"n01751748'), got {' '.join(row)!r}")
+                raise UserError(
+                    f"{path}:{n}: expected 'filename wnid' (e.g. 'ILSVRC2012_val_00000001.JPEG "
+                    f"n01751748'), got {' '.join(row)!r}"
+                )
             labels[_stem_key(row[0])] = row[1]
     if not labels:
         raise UserError(f"{path} has no labels")
@@ -146,13 +158,17 @@ def _attach_labels(items: list[Item], labels: dict[str, str], where: str) -> lis
     """Give every flat val image its wnid; an image without a label, or a label without an image, is an error."""
     missing = [it.source for it in items if it.key not in labels]
     if missing:
-        raise UserError(f"{len(missing)} images in {where} have no label in the labels file "
-                        f"(first: {missing[0]}): is it the labels file of this validation set?")
+        raise UserError(
+            f"{len(missing)} images in {where} have no label in the labels file "
+            f"(first: {missing[0]}): is it the labels file of this validation set?"
+        )
     keys = {it.key for it in items}
     unknown = [k for k in labels if k not in keys]
     if unknown:
-        raise UserError(f"the labels file names {len(unknown)} images that are not in {where} "
-                        f"(first: {unknown[0]}): is the validation folder complete?")
+        raise UserError(
+            f"the labels file names {len(unknown)} images that are not in {where} "
+            f"(first: {unknown[0]}): is the validation folder complete?"
+        )
     return [Item(it.key, labels[it.key], it.source, it.path, it.offset, it.size) for it in items]
 
 
@@ -162,20 +178,30 @@ def _from_archive(path: str, split: str | None, val_labels: str | None) -> dict[
     index = archive_index(path)
     files, inner = index["files"], index["inner"]
     is_train = bool(inner)
-    inferred = "train" if is_train else ("val" if "val" in name or not any(n.endswith(".tar") for n, _, _ in files)
-                                         else None)
+    inferred = (
+        "train" if is_train else ("val" if "val" in name or not any(n.endswith(".tar") for n, _, _ in files) else None)
+    )
     which = split or inferred
     if which is None:
         raise UserError(f"cannot tell which split {path} holds: pass --split train|val")
     if which == "train" and not is_train:
-        raise UserError(f"{path} is not a tar of per-class tars (like ILSVRC2012_img_train.tar): "
-                        "pass --split val with --val-labels if it holds validation images")
+        raise UserError(
+            f"{path} is not a tar of per-class tars (like ILSVRC2012_img_train.tar): "
+            "pass --split val with --val-labels if it holds validation images"
+        )
     if which == "train":
-        items = [Item(_stem_key(n), posixpath.basename(outer)[: -len(".tar")], f"{name}/{outer}/{n}", path, at, size)
-                 for outer, members in inner.items() for n, at, size in members if not _ignored(posixpath.basename(n))]
+        items = [
+            Item(_stem_key(n), posixpath.basename(outer)[: -len(".tar")], f"{name}/{outer}/{n}", path, at, size)
+            for outer, members in inner.items()
+            for n, at, size in members
+            if not _ignored(posixpath.basename(n))
+        ]
     else:
-        items = [Item(_stem_key(n), None, f"{name}/{n}", path, at, size)
-                 for n, at, size in files if not _ignored(posixpath.basename(n))]
+        items = [
+            Item(_stem_key(n), None, f"{name}/{n}", path, at, size)
+            for n, at, size in files
+            if not _ignored(posixpath.basename(n))
+        ]
         items = _attach_labels(items, read_val_labels(_labels_path(store.dirname(path), val_labels)), path)
     if not items:
         raise UserError(f"{path} holds no images")
@@ -193,21 +219,23 @@ def archive_index(path: str) -> dict:
     if cache and os.path.isfile(cache):
         with open(cache, "rb") as f:
             return json.loads(gzip.decompress(f.read()))
-    f = store.open(path, "rb")
-    try:  # uncompressed only: members must be addressable by offset
-        tar = tarfile.open(fileobj=f, mode="r:")
-    except tarfile.ReadError:
-        f.close()
-        raise UserError(f"{path} is not an uncompressed tar archive (the ILSVRC2012 downloads are plain .tar); "
-                        "for a folder of images pass the folder") from None
-    with f, tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
-        index = {"files": [(m.name, m.offset_data, m.size) for m in members], "inner": {}}
-        if members and all(m.name.endswith(".tar") for m in members):
-            for m in members:
-                with tarfile.open(fileobj=tar.extractfile(m), mode="r:") as inner:
-                    index["inner"][m.name] = [(i.name, m.offset_data + i.offset_data, i.size)
-                                              for i in inner.getmembers() if i.isfile()]
+    with store.open(path, "rb") as f:
+        try:  # uncompressed only: members must be addressable by offset
+            tar = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115 - closed by the `with tar` below
+        except tarfile.ReadError:
+            raise UserError(
+                f"{path} is not an uncompressed tar archive (the ILSVRC2012 downloads are plain .tar); "
+                "for a folder of images pass the folder"
+            ) from None
+        with tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            index = {"files": [(m.name, m.offset_data, m.size) for m in members], "inner": {}}
+            if members and all(m.name.endswith(".tar") for m in members):
+                for m in members:
+                    with tarfile.open(fileobj=tar.extractfile(m), mode="r:") as inner:
+                        index["inner"][m.name] = [
+                            (i.name, m.offset_data + i.offset_data, i.size) for i in inner.getmembers() if i.isfile()
+                        ]
     if cache:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         store.write_atomically(cache, gzip.compress(json.dumps(index).encode()))
@@ -217,7 +245,8 @@ def archive_index(path: str) -> dict:
 def _archive_cache_path(url: str) -> str:
     fs, p = store.filesystem(url)
     info = fs.info(p)
-    version = next((str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "LastModified", "mtime")
-                    if info.get(k)), "")
+    version = next(
+        (str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "LastModified", "mtime") if info.get(k)), ""
+    )
     key = hashlib.sha256(f"{url}\n{info.get('size')}\n{version}".encode()).hexdigest()
     return os.path.join(store.cache_dir("archives"), key + ".json.gz")

@@ -4,6 +4,7 @@ Every tar is checked against the manifest's sha256 on the way (streamed through 
 renamed into place only when whole; files already staged and intact are kept. The manifest is written last, so a
 half-staged directory never looks finished, and the result passes `cli.py verify`.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,17 @@ def stage(shards: str, to: str, workers: int = 8) -> int:
         os.makedirs(os.path.join(to, split), exist_ok=True)
         for entry in shard_set.shards(split):
             index = dali_index.index_name(entry["name"])
-            for name, size, sha in ((entry["name"], entry["bytes"], entry["sha256"]),
-                                    (index, remote_sizes.get(index, -1), None)):
+            for name, size, sha in (
+                (entry["name"], entry["bytes"], entry["sha256"]),
+                (index, remote_sizes.get(index, -1), None),
+            ):
                 jobs.append((store.join(shard_set.root, split, name), os.path.join(to, split, name), size, sha))
     top = store.list_sizes(shard_set.root)
-    jobs += [(store.join(shard_set.root, name), os.path.join(to, name), top[name], None)
-             for name in SIDE_FILES if name in top]
+    jobs += [
+        (store.join(shard_set.root, name), os.path.join(to, name), top[name], None)
+        for name in SIDE_FILES
+        if name in top
+    ]
     store.remove_temporaries(to, *(os.path.join(to, s) for s in shard_set.splits))
     fetched = 0
     with ThreadPoolExecutor(max(1, workers)) as pool, progress_bar(len(jobs), "stage", "file") as bar:
@@ -43,8 +49,10 @@ def stage(shards: str, to: str, workers: int = 8) -> int:
             fetched += n
             bar.update()
     store.write_atomically(os.path.join(to, fmt.MANIFEST), store.read_bytes(store.join(shard_set.root, fmt.MANIFEST)))
-    print(f"staged {shard_set.root} -> {to}: {len(jobs) + 1} files, {fetched / 1e6:,.1f} MB fetched (files already "
-          f"there and intact were kept); `cli.py verify --shards {to}` checks it")
+    print(
+        f"staged {shard_set.root} -> {to}: {len(jobs) + 1} files, {fetched / 1e6:,.1f} MB fetched (files already "
+        f"there and intact were kept); `cli.py verify --shards {to}` checks it"
+    )
     return fetched
 
 
@@ -59,8 +67,10 @@ def _copy(job: tuple[str, str, int, str | None]) -> int:
             shutil.copyfileobj(stream, out, 1 << 22)
             digest = stream.drain()  # at the end already: the sha256 of what was copied
         if sha is not None and digest != sha:
-            raise UserError(f"{source} does not match its manifest sha256 (damaged on the store): run "
-                            f"`cli.py verify --shards {store.dirname(store.dirname(source))}`")
+            raise UserError(
+                f"{source} does not match its manifest sha256 (damaged on the store): run "
+                f"`cli.py verify --shards {store.dirname(store.dirname(source))}`"
+            )
         os.replace(tmp, dest)
     except FileNotFoundError:
         raise UserError(f"{source} is missing on the store: run `cli.py verify` on it") from None

@@ -4,6 +4,7 @@ Partial sums are exact integers (uint16 products summed in uint64, merged as Pyt
 many shards in any order gives bit-identical results. Sec. 4.1 of Krizhevsky et al. 2012: PCA "on the set
 of RGB pixel values throughout the ImageNet training set".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,12 @@ class PixelSums:
 
     images: int = 0
     pixels: int = 0
-    total: list = field(default_factory=lambda: [0, 0, 0])                    # sum of R, G, B (ints)
+    total: list = field(default_factory=lambda: [0, 0, 0])  # sum of R, G, B (ints)
     outer: list = field(default_factory=lambda: [[0] * 3 for _ in range(3)])  # sum of x x^T (ints)
-    image_sum: np.ndarray | None = None                                       # per-pixel sum, HWC
+    image_sum: np.ndarray | None = None  # per-pixel sum, HWC
 
     @classmethod
-    def zero(cls, size: int, mean_image: bool) -> "PixelSums":
+    def zero(cls, size: int, mean_image: bool) -> PixelSums:
         # uint32 per-pixel sums hold 16.8M images of 255: any shard; merges widen to uint64
         return cls(image_sum=np.zeros((size, size, 3), np.uint32) if mean_image else None)
 
@@ -39,24 +40,28 @@ class PixelSums:
         gram, sums = gram_and_sums(rgb)
         self.images += 1
         self.pixels += rgb.size // 3
-        self.total = [a + b for a, b in zip(self.total, sums)]
-        self.outer = [[a + b for a, b in zip(ra, rb)] for ra, rb in zip(self.outer, gram)]
+        self.total = [a + b for a, b in zip(self.total, sums, strict=True)]
+        self.outer = [[a + b for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(self.outer, gram, strict=True)]
         if self.image_sum is not None:
             np.add(self.image_sum, rgb, out=self.image_sum)
 
-    def merge(self, other: "PixelSums") -> "PixelSums":
+    def merge(self, other: PixelSums) -> PixelSums:
         image_sum = None
         if self.image_sum is not None and other.image_sum is not None:
             image_sum = self.image_sum.astype(np.uint64) + other.image_sum
-        return PixelSums(self.images + other.images, self.pixels + other.pixels,
-                         [a + b for a, b in zip(self.total, other.total)],
-                         [[a + b for a, b in zip(ra, rb)] for ra, rb in zip(self.outer, other.outer)], image_sum)
+        return PixelSums(
+            self.images + other.images,
+            self.pixels + other.pixels,
+            [a + b for a, b in zip(self.total, other.total, strict=True)],
+            [[a + b for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(self.outer, other.outer, strict=True)],
+            image_sum,
+        )
 
     def to_json(self) -> dict:
         return {"images": self.images, "pixels": self.pixels, "sum": self.total, "outer": self.outer}
 
     @classmethod
-    def from_json(cls, d: dict, image_sum: np.ndarray | None = None) -> "PixelSums":
+    def from_json(cls, d: dict, image_sum: np.ndarray | None = None) -> PixelSums:
         return cls(d["images"], d["pixels"], list(d["sum"]), [list(r) for r in d["outer"]], image_sum)
 
 
@@ -88,9 +93,13 @@ def finalize(sums: PixelSums) -> dict:
     eigval, eigvec = eigval[order], eigvec[:, order]
     eigvec = eigvec * np.where(eigvec.sum(axis=0) < 0, -1.0, 1.0)  # deterministic sign: components sum >= 0
     return {
-        "count": sums.images, "pixels": n,
-        "mean": mean.tolist(), "std": np.sqrt(np.diag(cov255)).tolist(),
-        "cov": cov.tolist(), "eigval": eigval.tolist(), "eigvec": eigvec.tolist(),
+        "count": sums.images,
+        "pixels": n,
+        "mean": mean.tolist(),
+        "std": np.sqrt(np.diag(cov255)).tolist(),
+        "cov": cov.tolist(),
+        "eigval": eigval.tolist(),
+        "eigvec": eigvec.tolist(),
     }
 
 
@@ -146,8 +155,10 @@ def recompute_stats(root: str, workers: int) -> dict:
     size = shard_set.manifest["params"]["size"]
     total = PixelSums.zero(size, mean_image=True)
     tasks = [(url, size) for url in shard_set.urls("train")]
-    with mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=store.init_worker_process) as pool, \
-            progress_bar(len(tasks), "stats", "shard") as bar:
+    with (
+        mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=store.init_worker_process) as pool,
+        progress_bar(len(tasks), "stats", "shard") as bar,
+    ):
         for part in pool.imap(shard_pixel_sums, tasks):
             total = total.merge(part)
             bar.update()
@@ -155,12 +166,14 @@ def recompute_stats(root: str, workers: int) -> dict:
 
 
 def format_table(stats: dict) -> str:
-    rows = [f"training images: {stats['count']:,}   pixels: {stats['pixels']:,}",
-            f"{'':10}{'R':>10}{'G':>10}{'B':>10}   (0-255 scale)",
-            f"{'mean':10}" + "".join(f"{v:10.3f}" for v in stats["mean"]),
-            f"{'std':10}" + "".join(f"{v:10.3f}" for v in stats["std"]),
-            "PCA of RGB ([0,1] scale), AlexNet lighting: eigvec @ (alpha * eigval), alpha ~ N(0, 0.1^2)",
-            f"{'':10}{'eigval':>10}   eigvec (R, G, B)"]
+    rows = [
+        f"training images: {stats['count']:,}   pixels: {stats['pixels']:,}",
+        f"{'':10}{'R':>10}{'G':>10}{'B':>10}   (0-255 scale)",
+        f"{'mean':10}" + "".join(f"{v:10.3f}" for v in stats["mean"]),
+        f"{'std':10}" + "".join(f"{v:10.3f}" for v in stats["std"]),
+        "PCA of RGB ([0,1] scale), AlexNet lighting: eigvec @ (alpha * eigval), alpha ~ N(0, 0.1^2)",
+        f"{'':10}{'eigval':>10}   eigvec (R, G, B)",
+    ]
     vecs = np.array(stats["eigvec"])
     for i, val in enumerate(stats["eigval"]):
         rows.append(f"{'pc' + str(i + 1):10}{val:10.5f}   " + " ".join(f"{v:+.4f}" for v in vecs[:, i]))
@@ -173,8 +186,10 @@ def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
 
     shard_set = ShardSet(root)  # clear error when the directory is not a finished shard directory
     if "train" not in shard_set.splits:
-        raise UserError(f"{root} has no training split: statistics are computed over training images "
-                        f"(cli.py shard --src IMAGENET --out {root} --split train)")
+        raise UserError(
+            f"{root} has no training split: statistics are computed over training images "
+            f"(cli.py shard --src IMAGENET --out {root} --split train)"
+        )
     path = store.join(shard_set.root, fmt.STATS)
     stats = None if recompute else current_stats(root, shards_digest(shard_set.shards("train")))
     if stats is None:  # asked, missing, or computed from other shards than the manifest lists now

@@ -6,6 +6,7 @@ Fast path (ordinary YCbCr/grayscale JPEGs, i.e. nearly all of ImageNet): libjpeg
 (CMYK, PNG named .JPEG, palette, alpha, 16-bit) goes through PIL. `resize_shorter_side` + `center_crop`
 are the plain PIL reference the fast path is tested against.
 """
+
 from __future__ import annotations
 
 import io
@@ -108,7 +109,7 @@ def axis_window(length: int, side: int, size: int, resample: str) -> tuple[int, 
     for start in range(first, max(-1, first - margin - SEARCH - 1), -1):
         num = (twice - 2 * start) * size  # offset = num / (2 * side) output pixels
         offset = (num + side) // (2 * side)
-        key = (abs(num - offset * 2 * side), 0 < start and first - start < margin, first - start)
+        key = (abs(num - offset * 2 * side), start > 0 and first - start < margin, first - start)
         if best is None or key < best[0]:
             best = (key, start, offset)
     _, start, offset = best
@@ -133,7 +134,7 @@ def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FI
     scale = size / side
     upsample = {"bicubic": torch.ops.aten._upsample_bicubic2d_aa, "bilinear": torch.ops.aten._upsample_bilinear2d_aa}
     out = upsample[resample](region, [dy + size, dx + size], False, scale, scale)  # grid anchored at (top, left)
-    return out[0, :, dy: dy + size, dx: dx + size].permute(1, 2, 0).numpy()
+    return out[0, :, dy : dy + size, dx : dx + size].permute(1, 2, 0).numpy()
 
 
 def resize_shorter_side(image: Image.Image, size: int, resample: str = RESIZE_FILTER) -> Image.Image:
@@ -151,8 +152,7 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     """Baseline (not progressive) 4:2:0 JPEG without metadata: what nvJPEG's hardware decoder reads fastest."""
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
-                                  colorsubsampling="420")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB", colorsubsampling="420")
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

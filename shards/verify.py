@@ -3,6 +3,7 @@
 Each shard is read once, as a stream: the bytes go through sha256 and tarfile's member walk together, so a shard on
 an object store costs one sequential GET. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -55,11 +56,17 @@ def find_problems(root: str, workers: int = os.cpu_count() or 1) -> list[tuple[s
     """[(shard path, problem)] over every split of the manifest, plus shards the manifest does not list."""
     shard_set = ShardSet(root)
     root = shard_set.root
-    jobs = [(url, e) for split in shard_set.splits for url, e in zip(shard_set.urls(split), shard_set.shards(split))]
+    jobs = [
+        (url, e)
+        for split in shard_set.splits
+        for url, e in zip(shard_set.urls(split), shard_set.shards(split), strict=True)
+    ]
     problems = []
-    with mp.get_context("fork").Pool(max(1, min(workers, len(jobs))), initializer=store.init_worker_process) as pool, \
-            progress_bar(len(jobs), "verify", "shard") as bar:
-        for (path, _), problem in zip(jobs, pool.imap(check_shard, jobs)):
+    with (
+        mp.get_context("fork").Pool(max(1, min(workers, len(jobs))), initializer=store.init_worker_process) as pool,
+        progress_bar(len(jobs), "verify", "shard") as bar,
+    ):
+        for (path, _), problem in zip(jobs, pool.imap(check_shard, jobs), strict=True):
             bar.update()
             if problem:
                 problems.append((path, problem))
@@ -79,10 +86,12 @@ def verify_command(root: str) -> bool:
     problems = find_problems(root)
     total = sum(len(shard_set.shards(s)) for s in shard_set.splits)
     for path, problem in problems:
-        print(f"BAD {path[len(shard_set.root) + 1:]}: {problem}")
+        print(f"BAD {path[len(shard_set.root) + 1 :]}: {problem}")
     if problems:
-        print(f"{len(problems)} problem(s) in {root}: delete the bad shards and rerun `cli.py shard` with the "
-              "same arguments to rewrite them")
+        print(
+            f"{len(problems)} problem(s) in {root}: delete the bad shards and rerun `cli.py shard` with the "
+            "same arguments to rewrite them"
+        )
         return False
     counts = ", ".join(f"{s} {shard_set.count(s):,} images" for s in shard_set.splits)
     print(f"OK: {total} shards intact ({counts})")

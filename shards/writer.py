@@ -4,6 +4,7 @@ Runs inside a worker: a local pool process or a Dask worker, the same function e
 memory and written whole (renamed into place on a disk, one PUT to an object store), so a crash or a full disk
 never leaves a shard that looks finished; its record, written last, is the commit marker.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from . import dali_index
 from . import format as fmt
 from . import io as store
-from .sources import Item
 from .imagehash import image_hashes
 from .layout import compact_sum_bytes, partial_image_path, record_path
+from .sources import Item
 from .stats import PixelSums
 from .transform import BadImage, transform
 
@@ -31,8 +32,8 @@ class ShardTask:
     index: int
     items: tuple[Item, ...]
     labels: tuple[int, ...]
-    folder: str      # OUT/<split> (a local path or a URL)
-    work: str        # OUT/.work/<split>: per-shard records and partial sums
+    folder: str  # OUT/<split> (a local path or a URL)
+    work: str  # OUT/.work/<split>: per-shard records and partial sums
     size: int
     quality: int
     resample: str
@@ -44,7 +45,7 @@ class ShardTask:
 
     def plan_digest(self) -> str:
         """Identifies what goes into this shard, so a resumed run only keeps shards of the same plan."""
-        text = "\n".join(f"{it.key} {it.source} {label}" for it, label in zip(self.items, self.labels))
+        text = "\n".join(f"{it.key} {it.source} {label}" for it, label in zip(self.items, self.labels, strict=True))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -97,7 +98,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     store.tune_worker()  # a Dask worker runs no pool initializer
     builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
     fingerprints = []  # [key, digest, phash] per sample, for the duplicate report (duplicates.py)
-    for item, label in zip(task.items, task.labels):
+    for item, label in zip(task.items, task.labels, strict=True):
         try:
             jpeg, pixels, (width, height) = transform(item.read(), task.size, task.quality, task.resample)
         except BadImage as e:
@@ -113,8 +114,15 @@ def build_shard(task: ShardTask, progress=None) -> dict:
                 progress.value += 1
     data, index = builder.finish()
     count = len(task.items) - len(skipped)
-    record = {"name": task.name, "count": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-              "skipped": skipped, "plan": task.plan_digest(), "sums": sums.to_json()}
+    record = {
+        "name": task.name,
+        "count": count,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "skipped": skipped,
+        "plan": task.plan_digest(),
+        "sums": sums.to_json(),
+    }
     record["fingerprints"] = fingerprints  # duplicate report (duplicates.py)
     tar_path = store.join(task.folder, task.name)
     if task.mean_image:  # the bulky side file first: a full disk then stops us before the shard appears
@@ -137,8 +145,11 @@ def finished_records(tasks: list[ShardTask]) -> dict[int, dict]:
     for task in tasks:
         try:
             record = json.loads(records[record_path(task.work, task.name)])
-            if (record.get("plan") == task.plan_digest() and files.get(task.name) == record["bytes"]
-                    and dali_index.index_name(task.name) in files):
+            if (
+                record.get("plan") == task.plan_digest()
+                and files.get(task.name) == record["bytes"]
+                and dali_index.index_name(task.name) in files
+            ):
                 finished[task.index] = record
         except (KeyError, ValueError):
             pass

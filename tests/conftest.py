@@ -1,4 +1,5 @@
 """Shared fixtures: small ImageNet-shaped trees from real photographs, and shards made from them."""
+
 from __future__ import annotations
 
 import os
@@ -61,7 +62,6 @@ def s3(s3_endpoint, monkeypatch, request):
     import re
 
     import fsspec
-
     from servers import s3_env
 
     for key, value in s3_env(s3_endpoint).items():

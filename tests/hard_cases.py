@@ -1,4 +1,5 @@
 """Crafted hard inputs, each as the bytes ImageNet (or a user's folder) could hand us, made from a real photo."""
+
 from __future__ import annotations
 
 import io
@@ -84,17 +85,30 @@ def not_an_image() -> bytes:
 
 def decompression_bomb() -> bytes:
     """A valid PNG header declaring 20000 x 20000 pixels (400 Mpx, over PIL's bomb limit) and a tiny body."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 READABLE = {  # name -> maker: every one must become a 256x256 RGB sample
-    "cmyk": cmyk_jpeg, "png_as_jpeg": png_named_jpeg, "gray": grayscale_jpeg, "palette": palette_with_transparency,
-    "rgba": rgba_png, "gray16": gray16_png, "tiny": tiny_jpeg, "huge": huge_jpeg, "handwriting": handwritten_digit,
+    "cmyk": cmyk_jpeg,
+    "png_as_jpeg": png_named_jpeg,
+    "gray": grayscale_jpeg,
+    "palette": palette_with_transparency,
+    "rgba": rgba_png,
+    "gray16": gray16_png,
+    "tiny": tiny_jpeg,
+    "huge": huge_jpeg,
+    "handwriting": handwritten_digit,
 }
 UNREADABLE = {  # name -> (maker, words the skip reason contains)
-    "truncated": (truncated_jpeg, "truncated"), "empty": (lambda: b"", "empty"),
-    "text": (not_an_image, "unreadable"), "bomb": (decompression_bomb, "decompression bomb"),
+    "truncated": (truncated_jpeg, "truncated"),
+    "empty": (lambda: b"", "empty"),
+    "text": (not_an_image, "unreadable"),
+    "bomb": (decompression_bomb, "decompression bomb"),
 }

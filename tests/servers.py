@@ -3,6 +3,7 @@
 Each runs as a subprocess in its own process group (so a test can kill a worker with everything it started) and
 is stopped by the fixture that started it.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,14 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
 
 
 def start(args: list[str], env: dict | None = None, cwd: str = ROOT) -> subprocess.Popen:
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -55,8 +62,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 def s3_env(endpoint: str) -> dict:
     """The standard AWS environment pointing at a local S3-compatible server (and never at instance metadata)."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
@@ -73,8 +85,10 @@ class DaskCluster:
     def __init__(self, workers: int = 2, worker_env: dict | None = None, worker_cwd: str = ROOT):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
-        self.scheduler = start([os.path.join(BIN, "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                str(self.port), "--no-dashboard"], env={"PYTHONPATH": ROOT})
+        self.scheduler = start(
+            [os.path.join(BIN, "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+            env={"PYTHONPATH": ROOT},
+        )
         wait_for_port(self.port, self.scheduler)
         self.worker_env = {"PYTHONPATH": ROOT, **(worker_env or {})}
         self.worker_cwd = worker_cwd
@@ -82,8 +96,11 @@ class DaskCluster:
         self.wait_for_workers(workers)
 
     def add_worker(self) -> subprocess.Popen:
-        return start([os.path.join(BIN, "dask"), "worker", self.address, "--nthreads", "1", "--no-dashboard",
-                      "--nworkers", "1"], env=self.worker_env, cwd=self.worker_cwd)
+        return start(
+            [os.path.join(BIN, "dask"), "worker", self.address, "--nthreads", "1", "--no-dashboard", "--nworkers", "1"],
+            env=self.worker_env,
+            cwd=self.worker_cwd,
+        )
 
     def wait_for_workers(self, n: int, timeout: float = 120) -> None:
         from distributed import Client

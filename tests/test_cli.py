@@ -1,4 +1,5 @@
 """The command line: user mistakes give one clear line and a non-zero exit, never a traceback."""
+
 import os
 import tarfile
 
@@ -43,13 +44,16 @@ def test_shard_without_src_is_a_usage_error():
     assert result.exit_code == 2 and "--src" in result.output
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing", "does not exist"),
-    ("empty", "is empty"),
-    ("train_level", "point --src at its parent"),
-    ("out_is_a_file", "cannot write to --out"),
-    ("bad_labels_path", "--val-labels"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("train_level", "point --src at its parent"),
+        ("out_is_a_file", "cannot write to --out"),
+        ("bad_labels_path", "--val-labels"),
+    ],
+)
 def test_shard_user_mistakes(sample_tree, tmp_path, case, words):
     src, out, extra = sample_tree, str(tmp_path / "out"), []
     if case == "missing":
@@ -71,8 +75,9 @@ def test_shard_user_mistakes(sample_tree, tmp_path, case, words):
 
 
 def test_shard_prints_progress_summary_and_stats(sample_tree, tmp_path):
-    result = invoke("shard", "--src", sample_tree, "--out", str(tmp_path / "o"), "--shard-size", "100",
-                    "--split", "train")
+    result = invoke(
+        "shard", "--src", sample_tree, "--out", str(tmp_path / "o"), "--shard-size", "100", "--split", "train"
+    )
     assert result.exit_code == 0, result.output
     assert "train: 192 images in 2 shards" in result.output and "eigval" in result.output
 
@@ -88,8 +93,10 @@ def tiny_disk(tmp_path):
 
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)])
@@ -127,12 +134,17 @@ def test_missing_dali_install_is_one_clear_line(sample_shards, tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = "import sys; sys.modules['nvidia.dali'] = None; import cli; cli.main()"
-    result = subprocess.run([sys.executable, "-c", code, "preview", "--shards", sample_shards, "--out",
-                             str(tmp_path / "p.png")], cwd=root, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, "preview", "--shards", sample_shards, "--out", str(tmp_path / "p.png")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: nvidia.dali is not installed: run `make test` or `make demo` once (they set up .venv), "
-        "or `pip install nvidia-dali-cuda120`"]
+        "or `pip install nvidia-dali-cuda120`"
+    ]
 
 
 @pytest.mark.slow
@@ -142,15 +154,19 @@ def test_sample_photos_missing_is_one_clear_line(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import importlib.util, sys; find = importlib.util.find_spec; "
-            "importlib.util.find_spec = lambda name, *a: None if name == 'skimage' else find(name, *a); "
-            "import cli; cli.main()")
-    result = subprocess.run([sys.executable, "-c", code, "bench", "shard", "--limit", "8"], cwd=root,
-                            capture_output=True, text=True)
+    code = (
+        "import importlib.util, sys; find = importlib.util.find_spec; "
+        "importlib.util.find_spec = lambda name, *a: None if name == 'skimage' else find(name, *a); "
+        "import cli; cli.main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "bench", "shard", "--limit", "8"], cwd=root, capture_output=True, text=True
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: skimage is not installed: run `make test` or `make demo` once (they set up .venv), "
-        "or `pip install scikit-image`"]
+        "or `pip install scikit-image`"
+    ]
 
 
 def test_bench_shard_reports_both_rates_on_the_same_images(tmp_path):

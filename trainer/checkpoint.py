@@ -4,6 +4,7 @@
 Contents: model/optimizer/scheduler state, epoch, step, and per rank the RNG states and the loader position,
 which is what makes `--resume` continue exactly as if the run had not stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,35 +45,52 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - garbage bytes fail in many ways inside the unpickler; all mean 'corrupt'
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint (corrupt, truncated or not written by this "
-                        f"trainer): {reason[:200]}") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint (corrupt, truncated or not written by this trainer): {reason[:200]}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not an AlexNet checkpoint of this project (no '{FORMAT}' tag); "
-                        "pass a RUN/checkpoint.pt written by `cli.py train`")
+        raise UserError(
+            f"{path} is not an AlexNet checkpoint of this project (no '{FORMAT}' tag); "
+            "pass a RUN/checkpoint.pt written by `cli.py train`"
+        )
     if state.get("version") != VERSION:
         raise UserError(f"{path} has checkpoint version {state.get('version')}, this trainer reads {VERSION}")
     return state
 
 
-def save_state(path: str, model, optimizer, scheduler, progress, loader, info: DistInfo, config: dict,
-               classes: list[str]) -> None:
+def save_state(
+    path: str, model, optimizer, scheduler, progress, loader, info: DistInfo, config: dict, classes: list[str]
+) -> None:
     """Collective: every rank hands over its RNG states and loader position; the primary rank writes.
     `progress` is the trainer's EpochState (epoch, step, batch, best_top1; its clock is reset here)."""
     ranks = all_gather_objects({"rng": rng_state(), "loader": loader.state_dict()}, info)
     if info.is_primary:
-        save_checkpoint(path, {
-            "model": strip_wrappers(model.state_dict()), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": progress.epoch, "step": progress.step,
-            "batch": progress.batch, "best_top1": progress.best_top1, "ranks": ranks, "config": config,
-            "classes": list(classes)})
+        save_checkpoint(
+            path,
+            {
+                "model": strip_wrappers(model.state_dict()),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": progress.epoch,
+                "step": progress.step,
+                "batch": progress.batch,
+                "best_top1": progress.best_top1,
+                "ranks": ranks,
+                "config": config,
+                "classes": list(classes),
+            },
+        )
     progress.last_checkpoint = time.time()
 
 
 def rng_state() -> dict:
     """Every RNG the training step touches (dropout draws from torch's), as weights_only-loadable types."""
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -98,7 +116,7 @@ def strip_wrappers(state_dict: dict) -> dict:
     for k, v in state_dict.items():
         for prefix in ("module.", "_orig_mod."):
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -106,11 +124,15 @@ def strip_wrappers(state_dict: dict) -> dict:
 def check_resumable(state: dict, cfg, classes: list[str], info: DistInfo) -> None:
     old = state["config"]
     if state["classes"] != classes:
-        raise UserError(f"the checkpoint was trained on {len(state['classes'])} other classes than the "
-                        f"{len(classes)} of {cfg.shards}; resume with the same --shards")
+        raise UserError(
+            f"the checkpoint was trained on {len(state['classes'])} other classes than the "
+            f"{len(classes)} of {cfg.shards}; resume with the same --shards"
+        )
     if old["arch"] != cfg.arch:
         raise UserError(f"the checkpoint is --arch {old['arch']}, not {cfg.arch}; resume with the same --arch")
     if len(state["ranks"]) != info.world_size or old["batch_size"] != cfg.batch_size:
-        raise UserError(f"the checkpoint was written by {len(state['ranks'])} process(es) with --batch-size "
-                        f"{old['batch_size']}; an exact resume needs the same (now {info.world_size} with "
-                        f"{cfg.batch_size})")
+        raise UserError(
+            f"the checkpoint was written by {len(state['ranks'])} process(es) with --batch-size "
+            f"{old['batch_size']}; an exact resume needs the same (now {info.world_size} with "
+            f"{cfg.batch_size})"
+        )

@@ -4,6 +4,7 @@ Recipe: build a small ImageNet-shaped folder from real photographs (shards.demo_
 train AlexNet briefly (GPU when there is one, else CPU) -> evaluate top-1/top-5 (centre and 10-crop) ->
 preview grid of augmented crops -> training curves -> print where everything is.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,26 +34,43 @@ def run_demo(out: str, epochs: int | None = None) -> dict:
     paths = {name: os.path.join(out, name) for name in ("imagenet-sample", "imagenet-wds", "run")}
 
     step("1/6 build an ImageNet-shaped sample from real photographs (scikit-image, matplotlib)")
-    make_sample_tree(paths["imagenet-sample"], num_classes=DEMO_CLASSES, train_per_class=DEMO_TRAIN_PER_CLASS,
-                     val_per_class=DEMO_VAL_PER_CLASS)
+    make_sample_tree(
+        paths["imagenet-sample"],
+        num_classes=DEMO_CLASSES,
+        train_per_class=DEMO_TRAIN_PER_CLASS,
+        val_per_class=DEMO_VAL_PER_CLASS,
+    )
 
     step("2/6 shard it: 256x256 WebDataset shards, manifest, DALI index, statistics")
-    convert(ShardConfig(src=paths["imagenet-sample"], out=paths["imagenet-wds"], shard_size=DEMO_SHARD_SIZE,
-                        overwrite=True))
+    convert(
+        ShardConfig(src=paths["imagenet-sample"], out=paths["imagenet-wds"], shard_size=DEMO_SHARD_SIZE, overwrite=True)
+    )
 
     step(f"3/6 train AlexNet ({'GPU' if gpu else 'CPU, a short run'})")
     shutil.rmtree(paths["run"], ignore_errors=True)  # the demo's own run: start fresh every time
     epochs = epochs or (30 if gpu else 5)
     # lr: the paper's 0.01 suits 1000 classes; with 8 the first steps overshoot (loss ~30), so 10x lower here
-    launch(TrainConfig(shards=paths["imagenet-wds"], out=paths["run"], gpus=None, epochs=epochs,
-                       batch_size=32, lr=DEMO_LR, log_every=2, checkpoint_minutes=60))
+    launch(
+        TrainConfig(
+            shards=paths["imagenet-wds"],
+            out=paths["run"],
+            gpus=None,
+            epochs=epochs,
+            batch_size=32,
+            lr=DEMO_LR,
+            log_every=2,
+            checkpoint_minutes=60,
+        )
+    )
     checkpoint = os.path.join(paths["run"], "checkpoint.pt")
 
     step("4/6 evaluate on the validation split: centre crop, then 10-crop (Sec. 4.1)")
-    results = {"center": evaluate_command(EvalConfig(shards=paths["imagenet-wds"], checkpoint=checkpoint,
-                                                     batch_size=32)),
-               "ten_crop": evaluate_command(EvalConfig(shards=paths["imagenet-wds"], checkpoint=checkpoint,
-                                                       batch_size=8, ten_crop=True))}
+    results = {
+        "center": evaluate_command(EvalConfig(shards=paths["imagenet-wds"], checkpoint=checkpoint, batch_size=32)),
+        "ten_crop": evaluate_command(
+            EvalConfig(shards=paths["imagenet-wds"], checkpoint=checkpoint, batch_size=8, ten_crop=True)
+        ),
+    }
 
     step("5/6 preview grid of augmented training crops")
     preview = write_preview(paths["imagenet-wds"], os.path.join(out, "preview.png"))
@@ -62,10 +80,14 @@ def run_demo(out: str, epochs: int | None = None) -> dict:
 
     minutes = (time.time() - started) / 60
     print(f"\ndone in {minutes:.1f} min. Everything is under {out}/:")
-    for label, path in [("raw sample", paths["imagenet-sample"]), ("shards", paths["imagenet-wds"]),
-                        ("statistics", os.path.join(paths["imagenet-wds"], "stats.json")),
-                        ("run (checkpoint, metrics.jsonl, config.json)", paths["run"]),
-                        ("preview of augmented crops", preview), ("training curves", curves)]:
+    for label, path in [
+        ("raw sample", paths["imagenet-sample"]),
+        ("shards", paths["imagenet-wds"]),
+        ("statistics", os.path.join(paths["imagenet-wds"], "stats.json")),
+        ("run (checkpoint, metrics.jsonl, config.json)", paths["run"]),
+        ("preview of augmented crops", preview),
+        ("training curves", curves),
+    ]:
         print(f"  {label:46} {path}")
     return results
 

@@ -1,6 +1,7 @@
 """How training, evaluation and `bench train` run the model on a device, written once for all three:
 cuDNN/TF32 flags, the model's memory format, bf16 autocast and the input layout.
 """
+
 from __future__ import annotations
 
 import contextlib

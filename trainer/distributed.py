@@ -4,6 +4,7 @@
 The environment decides, the way torchrun sets it (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
 `spawn` sets the same variables for the processes it starts itself (`--gpus N`, `--procs N`).
 """
+
 from __future__ import annotations
 
 import os
@@ -89,8 +90,10 @@ def plan_processes(gpus: int | None, procs: int | None) -> tuple[int, str]:
     if gpus < 0:
         raise UserError(f"--gpus must be 0 (CPU) or more (got {gpus})")
     if gpus > available:
-        raise UserError(f"--gpus {gpus} asked for {gpus} GPU(s) but {available} CUDA device(s) are visible; "
-                        "use --gpus 0 for the CPU or --procs N to run N CPU processes over gloo")
+        raise UserError(
+            f"--gpus {gpus} asked for {gpus} GPU(s) but {available} CUDA device(s) are visible; "
+            "use --gpus 0 for the CPU or --procs N to run N CPU processes over gloo"
+        )
     return (gpus, "cuda") if gpus else (1, "cpu")
 
 
@@ -118,8 +121,13 @@ def setup_distributed(device_kind: str | None = None, backend: str | None = None
         if local_procs > 1:  # CPU processes share the cores instead of each starting one thread per core
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                                device_id=device if device_kind == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            device_id=device if device_kind == "cuda" else None,
+        )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
@@ -151,14 +159,20 @@ def _free_port() -> int:
 
 
 def _child(local_rank: int, fn, args, nprocs: int, device_kind: str, port: int, errors) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nprocs),
-                      LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(nprocs),
+        LOCAL_WORLD_SIZE=str(nprocs),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     os.environ[ENV_DEVICE] = device_kind
     try:
         fn(*args)
     except UserError as e:  # hand the one-line message back to the parent, which raises it again
         errors.put(str(e))
-        raise SystemExit(2)
+        raise SystemExit(2) from None
 
 
 def spawn(fn, args: tuple, nprocs: int, device_kind: str) -> None:

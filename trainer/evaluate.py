@@ -4,6 +4,7 @@ Every validation image is counted exactly once across ranks: the loader pads ran
 label -1, which `topk_correct` and the loss drop, and the sums are reduced over ranks before one `.item()`.
 With `--ten-crop` the softmax of the 10 views (4 corners + centre, and their mirrors) is averaged (Sec. 4.1).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ class EvalConfig:
     shards: str = DEFAULT_SHARDS
     checkpoint: str = "./runs/alexnet/checkpoint.pt"
     ten_crop: bool = False  # Sec. 4.1: average the softmax over 10 patches
-    batch_size: int = 128   # images per process (10 views each with ten_crop)
+    batch_size: int = 128  # images per process (10 views each with ten_crop)
     gpus: int | None = None
     procs: int | None = None
     workers: int | None = None
@@ -75,22 +76,34 @@ def evaluate(cfg: EvalConfig, info: DistInfo) -> dict:
     state = load_checkpoint(cfg.checkpoint)
     ds = shards.open(cfg.shards)
     if state["classes"] != ds.classes:
-        raise UserError(f"{cfg.checkpoint} was trained on {len(state['classes'])} classes that differ from the "
-                        f"{len(ds.classes)} classes of {cfg.shards}")
+        raise UserError(
+            f"{cfg.checkpoint} was trained on {len(state['classes'])} classes that differ from the "
+            f"{len(ds.classes)} classes of {cfg.shards}"
+        )
     setup_device(info.device)
     model = build_model(len(ds.classes), state["config"]["arch"])
     model.load_state_dict(state["model"])
     model = place_model(model, info.device)
-    loader = pipelines.build_loader(cfg.shards, split="val", batch_size=cfg.batch_size, device=info.device,
-                                    rank=info.rank, world_size=info.world_size, num_threads=cfg.workers,
-                                    mode="ten_crop" if cfg.ten_crop else "center", mean=state["config"]["mean"])
+    loader = pipelines.build_loader(
+        cfg.shards,
+        split="val",
+        batch_size=cfg.batch_size,
+        device=info.device,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_threads=cfg.workers,
+        mode="ten_crop" if cfg.ten_crop else "center",
+        mean=state["config"]["mean"],
+    )
     result = evaluate_loader(model, loader, info, ten_crop=cfg.ten_crop)
     result.update(checkpoint=cfg.checkpoint, step=state["step"], epoch=state["epoch"], ten_crop=cfg.ten_crop)
     if info.is_primary:
         views = "10-crop" if cfg.ten_crop else "centre crop"
-        print(f"{cfg.checkpoint} (step {state['step']}, {views}, {result['count']} images): "
-              f"top-1 error {result['top1_err']:.2%}, top-5 error {result['top5_err']:.2%}, "
-              f"loss {result['loss']:.4f}")
+        print(
+            f"{cfg.checkpoint} (step {state['step']}, {views}, {result['count']} images): "
+            f"top-1 error {result['top1_err']:.2%}, top-5 error {result['top5_err']:.2%}, "
+            f"loss {result['loss']:.4f}"
+        )
         if cfg.as_json:
             print(json.dumps(result))
     return result

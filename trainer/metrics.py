@@ -1,6 +1,7 @@
 """Pure metric functions (top-k, 10-crop averaging), the training interval accumulator, and the two log
 channels (a JSONL row per interval/epoch in the run folder, TensorBoard when installed). Human lines are
 printed by the training loop itself."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def ten_crop_probs(model: torch.nn.Module, views: torch.Tensor) -> torch.Tensor:
 
 def errors_from_counts(correct: list[float], count: float, ks: tuple[int, ...] = (1, 5)) -> dict:
     """{'top1_err': ..., 'top5_err': ..., 'count': N} from summed correct counts."""
-    out = {f"top{k}_err": (1.0 - c / count) if count else float("nan") for k, c in zip(ks, correct)}
+    out = {f"top{k}_err": (1.0 - c / count) if count else float("nan") for k, c in zip(ks, correct, strict=True)}
     out["count"] = int(count)
     return out
 
@@ -79,16 +80,27 @@ class Interval:
         """{'loss' (interval mean), 'loss_now' (last step, mean over ranks), 'steps', 'seconds', 'data_wait'
         (share of the interval spent waiting for data), 'flag' (set on any rank)}."""
         seconds = time.perf_counter() - self.started
-        vec = torch.cat([self.sums, self.last.double().view(1).nan_to_num(0.0),
-                         torch.tensor([self.wait, float(flag)], device=self.device, dtype=torch.float64)])
+        vec = torch.cat(
+            [
+                self.sums,
+                self.last.double().view(1).nan_to_num(0.0),
+                torch.tensor([self.wait, float(flag)], device=self.device, dtype=torch.float64),
+            ]
+        )
         loss_sum, n, bad, loss_now, wait, flag = all_reduce_sum(vec, info).tolist()
         if bad:
             if info.distributed:
                 dist.all_reduce(self.first_bad, op=dist.ReduceOp.MIN)
             raise NonFiniteLoss(int(self.first_bad.item()))
         self.epoch_sum, self.epoch_steps = self.epoch_sum + loss_sum, self.epoch_steps + int(n)
-        row = {"loss": loss_sum / n, "loss_now": loss_now / info.world_size, "steps": self.steps,
-               "seconds": seconds, "data_wait": wait / info.world_size / seconds, "flag": bool(flag)}
+        row = {
+            "loss": loss_sum / n,
+            "loss_now": loss_now / info.world_size,
+            "steps": self.steps,
+            "seconds": seconds,
+            "data_wait": wait / info.world_size / seconds,
+            "flag": bool(flag),
+        }
         self._start()
         return row
 
@@ -103,7 +115,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: str, tensorboard: bool = True):
         self.path = os.path.join(run_dir, METRICS_NAME)
-        self.file = open(self.path, "a", buffering=1)
+        self.file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the run, closed in close()
         self.tb = None
         if tensorboard:
             try:

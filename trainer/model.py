@@ -8,6 +8,7 @@ Two variants (`ARCHS`):
   their own half (groups=2) and LRN normalises within each half; conv3 and the FC layers cross (~61.0M; the
   paper says "60 million").
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def window_sum(t: torch.Tensor, groups: int = 1) -> torch.Tensor:
     n, c, h, w = t.shape
     half = LRN_SIZE // 2
     if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():  # memory [N, H, W, C]
-        s = F.avg_pool2d(t.permute(0, 2, 3, 1).reshape(-1, 1, c // groups, 1), (LRN_SIZE, 1), 1, (half, 0),
-                         divisor_override=1)
+        s = F.avg_pool2d(
+            t.permute(0, 2, 3, 1).reshape(-1, 1, c // groups, 1), (LRN_SIZE, 1), 1, (half, 0), divisor_override=1
+        )
         return s.view(n, h, w, c).permute(0, 3, 1, 2)
     s = F.avg_pool2d(t.reshape(n * groups, 1, c // groups, h * w), (LRN_SIZE, 1), 1, (half, 0), divisor_override=1)
     return s.view(n, c, h, w)
@@ -89,22 +91,29 @@ class AlexNet(nn.Module):
         g = 2 if arch == "alexnet-2012" else 1  # Fig. 2: conv2/4/5 connect only within each GPU's half
         self.arch, self.num_classes = arch, num_classes
         self.features = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(inplace=True),  # 227 -> 55
+            nn.Conv2d(3, 96, 11, stride=4),
+            nn.ReLU(inplace=True),  # 227 -> 55
             LocalResponseNorm(g),
             nn.MaxPool2d(3, stride=2),  # Sec. 3.4: overlapping pooling, z=3, s=2 -> 27
-            nn.Conv2d(96, 256, 5, padding=2, groups=g), nn.ReLU(inplace=True),
+            nn.Conv2d(96, 256, 5, padding=2, groups=g),
+            nn.ReLU(inplace=True),
             LocalResponseNorm(g),
             nn.MaxPool2d(3, stride=2),  # -> 13
-            nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),  # conv3 crosses towers
-            nn.Conv2d(384, 384, 3, padding=1, groups=g), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1, groups=g), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 384, 3, padding=1),
+            nn.ReLU(inplace=True),  # conv3 crosses towers
+            nn.Conv2d(384, 384, 3, padding=1, groups=g),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1, groups=g),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=2),  # -> 6x6x256
         )
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),  # Sec. 4.2: dropout 0.5 in the first two fully-connected layers
-            nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
         init_paper_weights(self)

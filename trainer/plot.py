@@ -1,4 +1,5 @@
 """`cli.py plot`: training curves from RUN/metrics.jsonl -> one PNG (loss, top-1/top-5 error, images/s)."""
+
 from __future__ import annotations
 
 import os

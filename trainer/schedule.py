@@ -1,4 +1,5 @@
 """The learning-rate schedule of Sec. 5, and changing the lr of a resumed run."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg):
     """Sec. 5: "divide the learning rate by 10 when the validation error rate stopped improving with the
     current learning rate" (plateau on top-1 error), or every `step_epochs` epochs (--schedule step)."""
     if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                          patience=cfg.plateau_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.plateau_patience
+        )
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.lr_factor)
 
 

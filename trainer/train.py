@@ -10,6 +10,7 @@ No host sync per step: the loss, the non-finite check and the step count stay on
 (`metrics.Interval`) and are reduced over ranks once per `log_every` steps; the same reduction carries rank
 0's "checkpoint due" flag, so every rank agrees on when to take a time-based checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,37 +47,37 @@ class TrainConfig:
 
     shards: str = DEFAULT_SHARDS
     out: str = "./runs/alexnet"
-    gpus: int | None = None         # processes, one per GPU; 0 = CPU; None = all visible GPUs, else CPU
-    procs: int | None = None        # N CPU processes over gloo
-    backend: str | None = None      # None: nccl on GPUs, gloo on CPU
-    epochs: int = 90                # "roughly 90 cycles through the training set"
-    batch_size: int = 128           # per process
-    lr: float | None = None         # None: 0.01 (the paper) for a new run, the checkpoint's lr on --resume
+    gpus: int | None = None  # processes, one per GPU; 0 = CPU; None = all visible GPUs, else CPU
+    procs: int | None = None  # N CPU processes over gloo
+    backend: str | None = None  # None: nccl on GPUs, gloo on CPU
+    epochs: int = 90  # "roughly 90 cycles through the training set"
+    batch_size: int = 128  # per process
+    lr: float | None = None  # None: 0.01 (the paper) for a new run, the checkpoint's lr on --resume
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "plateau"       # "plateau": /10 when validation error stops improving; "step": /10 every N
+    schedule: str = "plateau"  # "plateau": /10 when validation error stops improving; "step": /10 every N
     lr_factor: float = 0.1
-    plateau_patience: int = 5       # our choice: the paper does not say how long "stopped improving" is
-    step_epochs: int = 30           # --schedule step (torchvision's reference recipe)
-    dropout: float = 0.5            # Sec. 4.2
-    arch: str = "alexnet"           # or "alexnet-2012" (two towers, Fig. 2)
-    mean: str = "image"             # Sec. 2: subtract the mean image of the training set; or "channel" (RGB)
-    max_steps: int | None = None    # stop after this many optimizer steps (counted over the whole run)
+    plateau_patience: int = 5  # our choice: the paper does not say how long "stopped improving" is
+    step_epochs: int = 30  # --schedule step (torchvision's reference recipe)
+    dropout: float = 0.5  # Sec. 4.2
+    arch: str = "alexnet"  # or "alexnet-2012" (two towers, Fig. 2)
+    mean: str = "image"  # Sec. 2: subtract the mean image of the training set; or "channel" (RGB)
+    max_steps: int | None = None  # stop after this many optimizer steps (counted over the whole run)
     resume: bool = False
-    compile: bool = False           # torch.compile (CUDA only)
+    compile: bool = False  # torch.compile (CUDA only)
     seed: int = 0
     checkpoint_minutes: float = 30.0
-    log_every: int = 50             # steps between human lines / JSONL rows (the only host syncs)
-    workers: int | None = None      # loader threads per process (None: the loader's default)
-    progress: bool = True           # a progress bar on a terminal (never when stderr is not a TTY)
+    log_every: int = 50  # steps between human lines / JSONL rows (the only host syncs)
+    workers: int | None = None  # loader threads per process (None: the loader's default)
+    progress: bool = True  # a progress bar on a terminal (never when stderr is not a TTY)
 
 
 @dataclass
 class EpochState:
-    epoch: int = 0           # epochs completed
-    step: int = 0            # optimizer steps completed (all epochs)
-    batch: int = 0           # batches completed in the current epoch
-    best_top1: float = 1.0   # best validation top-1 error at an epoch end
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed (all epochs)
+    batch: int = 0  # batches completed in the current epoch
+    best_top1: float = 1.0  # best validation top-1 error at an epoch end
     last_epoch_loss: float = math.nan
     last_checkpoint: float = field(default_factory=time.time)
 
@@ -127,27 +128,45 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
     setup_device(info.device)
 
     # ---- data: each rank reads its own part of every epoch
-    loader_kw = dict(device=info.device, rank=info.rank, world_size=info.world_size, seed=cfg.seed,
-                     mean=cfg.mean, num_threads=cfg.workers, batch_size=cfg.batch_size)
+    loader_kw = dict(
+        device=info.device,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.seed,
+        mean=cfg.mean,
+        num_threads=cfg.workers,
+        batch_size=cfg.batch_size,
+    )
     train_loader = pipelines.build_loader(cfg.shards, split="train", mode="train", **loader_kw)
     val_loader = pipelines.build_loader(cfg.shards, split="val", mode="center", **loader_kw)
     if len(train_loader) == 0:
-        raise UserError(f"--batch-size {cfg.batch_size} x {info.world_size} process(es) is more than the "
-                        f"{shards.open(cfg.shards).count('train')} training images: lower --batch-size")
+        raise UserError(
+            f"--batch-size {cfg.batch_size} x {info.world_size} process(es) is more than the "
+            f"{shards.open(cfg.shards).count('train')} training images: lower --batch-size"
+        )
 
     # ---- the run folder: the resolved config, pipeline settings included
     global_batch = cfg.batch_size * info.world_size
-    resolved = {**asdict(cfg), "lr": lr, "world_size": info.world_size, "device": info.device.type,
-                "global_batch": global_batch, "num_classes": len(classes),
-                "pipeline": {"train": train_loader.cfg.to_dict(), "val": val_loader.cfg.to_dict()}}
+    resolved = {
+        **asdict(cfg),
+        "lr": lr,
+        "world_size": info.world_size,
+        "device": info.device.type,
+        "global_batch": global_batch,
+        "num_classes": len(classes),
+        "pipeline": {"train": train_loader.cfg.to_dict(), "val": val_loader.cfg.to_dict()},
+    }
     log = None
     if info.is_primary:
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, CONFIG_NAME), "w") as f:
             json.dump(resolved, f, indent=2)
         say(info, "config:\n" + "\n".join(f"  {k}: {v}" for k, v in resolved.items()))
-        say(info, f"{info.world_size} process(es) on {info.device.type}; batch {cfg.batch_size} per process -> "
-                  f"effective global batch {global_batch}, lr {lr:g} (the paper: batch 128, lr 0.01)")
+        say(
+            info,
+            f"{info.world_size} process(es) on {info.device.type}; batch {cfg.batch_size} per process -> "
+            f"effective global batch {global_batch}, lr {lr:g} (the paper: batch 128, lr 0.01)",
+        )
         log = MetricsLog(cfg.out)
 
     # ---- model, optimizer, schedule (the same initial weights on every rank; DDP also broadcasts rank 0's)
@@ -164,17 +183,24 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_lr(optimizer, scheduler, lr)  # --resume --lr X: X from now on (else the restored lr: a no-op)
-        progress = EpochState(epoch=state["epoch"], step=state["step"], batch=state["batch"],
-                              best_top1=state["best_top1"])
+        progress = EpochState(
+            epoch=state["epoch"], step=state["step"], batch=state["batch"], best_top1=state["best_top1"]
+        )
         mine = state["ranks"][info.rank]
         set_rng_state(mine["rng"])
         train_loader.load_state_dict(mine["loader"])
-        say(info, f"resumed {ckpt_path}: epoch {progress.epoch}, step {progress.step}, lr {restored_lr:g}"
-                  + (f" -> {lr:g} (--lr)" if lr != restored_lr else ""))
+        say(
+            info,
+            f"resumed {ckpt_path}: epoch {progress.epoch}, step {progress.step}, lr {restored_lr:g}"
+            + (f" -> {lr:g} (--lr)" if lr != restored_lr else ""),
+        )
     # DDP first, then compile the whole (torch.compile(DDP(model))): Dynamo splits the graph at DDP's bucket
     # boundaries so the gradient all-reduce overlaps the backward (DDPOptimizer); `model` stays the plain module.
-    net = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
-        if info.distributed else model
+    net = (
+        DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        if info.distributed
+        else model
+    )
     if cfg.compile and info.device.type == "cuda":
         net = torch.compile(net)
 
@@ -193,40 +219,68 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
                 progress.best_top1 = min(progress.best_top1, val["top1_err"])
             checkpoint()
             at = progress.epoch if epoch_end else round(progress.epoch + progress.batch / len(train_loader), 2)
-            say(info, f"epoch {at} step {progress.step}: "
-                      f"val loss {val['loss']:.4f}, top-1 error {val['top1_err']:.2%}, top-5 error "
-                      f"{val['top5_err']:.2%} ({val['count']} images), lr {lr:g} -> "
-                      f"{optimizer.param_groups[0]['lr']:g}; checkpoint {ckpt_path}")
+            say(
+                info,
+                f"epoch {at} step {progress.step}: "
+                f"val loss {val['loss']:.4f}, top-1 error {val['top1_err']:.2%}, top-5 error "
+                f"{val['top5_err']:.2%} ({val['count']} images), lr {lr:g} -> "
+                f"{optimizer.param_groups[0]['lr']:g}; checkpoint {ckpt_path}",
+            )
             if log:
-                log.write("val", progress.step, epoch=at, epoch_end=epoch_end, lr=lr,
-                          val_loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"],
-                          train_loss=progress.last_epoch_loss)
+                log.write(
+                    "val",
+                    progress.step,
+                    epoch=at,
+                    epoch_end=epoch_end,
+                    lr=lr,
+                    val_loss=val["loss"],
+                    top1_err=val["top1_err"],
+                    top5_err=val["top5_err"],
+                    train_loss=progress.last_epoch_loss,
+                )
     except NonFiniteLoss as e:
-        kept = (f"the last good checkpoint {ckpt_path} is kept (not overwritten)" if os.path.isfile(ckpt_path)
-                else "no checkpoint was written")
+        kept = (
+            f"the last good checkpoint {ckpt_path} is kept (not overwritten)"
+            if os.path.isfile(ckpt_path)
+            else "no checkpoint was written"
+        )
         if log:
             log.write("stop", e.step, reason="non-finite loss", lr=optimizer.param_groups[0]["lr"])
-        raise UserError(f"{e} (epoch {progress.epoch + 1}, lr {optimizer.param_groups[0]['lr']:g}); {kept}; "
-                        "lower --lr and rerun") from None
+        raise UserError(
+            f"{e} (epoch {progress.epoch + 1}, lr {optimizer.param_groups[0]['lr']:g}); {kept}; lower --lr and rerun"
+        ) from None
     finally:
         if log:
             log.close()
     if progress.done(cfg.max_steps):
-        say(info, f"stopped at --max-steps {cfg.max_steps} (epoch {progress.epoch}); continue with --resume "
-                  "and a larger --max-steps")
+        say(
+            info,
+            f"stopped at --max-steps {cfg.max_steps} (epoch {progress.epoch}); continue with --resume "
+            "and a larger --max-steps",
+        )
     else:
-        say(info, f"finished {cfg.epochs} epochs ({progress.step} steps); best top-1 error "
-                  f"{progress.best_top1:.2%}; evaluate 10-crop with `cli.py eval --checkpoint {ckpt_path} --ten-crop`")
+        say(
+            info,
+            f"finished {cfg.epochs} epochs ({progress.step} steps); best top-1 error "
+            f"{progress.best_top1:.2%}; evaluate 10-crop with `cli.py eval --checkpoint {ckpt_path} --ten-crop`",
+        )
 
 
-def train_one_epoch(net, optimizer, loader, progress: EpochState, cfg: TrainConfig, info: DistInfo, log,
-                    checkpoint) -> bool:
+def train_one_epoch(
+    net, optimizer, loader, progress: EpochState, cfg: TrainConfig, info: DistInfo, log, checkpoint
+) -> bool:
     """SGD over the rest of the current epoch; True at the epoch's end, False when --max-steps stopped it.
     A progress bar only on a terminal; the log lines every `log_every` steps are plain lines either way."""
     net.train()
-    bar = tqdm(total=len(loader), initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
-               unit="batch", leave=False, dynamic_ncols=True,
-               disable=not (info.is_primary and cfg.progress and sys.stderr.isatty()))
+    bar = tqdm(
+        total=len(loader),
+        initial=progress.batch,
+        desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not (info.is_primary and cfg.progress and sys.stderr.isatty()),
+    )
     interval = Interval(info.device)
     start, it = progress.batch, iter(loader)
     while True:
@@ -236,8 +290,9 @@ def train_one_epoch(net, optimizer, loader, progress: EpochState, cfg: TrainConf
         except StopIteration:
             break
         wait = time.perf_counter() - t0
-        loss = train_step(net, optimizer, to_model_input(images, info.device),
-                          labels.to(info.device, non_blocking=True))
+        loss = train_step(
+            net, optimizer, to_model_input(images, info.device), labels.to(info.device, non_blocking=True)
+        )
         progress.step, progress.batch = progress.step + 1, progress.batch + 1
         interval.add(loss, progress.step, wait)
         bar.update(1)
@@ -252,8 +307,10 @@ def train_one_epoch(net, optimizer, loader, progress: EpochState, cfg: TrainConf
             break
     bar.close()
     if progress.batch == start:
-        raise RuntimeError(f"the training loader yielded no batches (epoch {progress.epoch + 1}, "
-                           f"{start} of {len(loader)} batches done)")
+        raise RuntimeError(
+            f"the training loader yielded no batches (epoch {progress.epoch + 1}, "
+            f"{start} of {len(loader)} batches done)"
+        )
     progress.last_epoch_loss = interval.epoch_loss
     if progress.batch < len(loader):  # --max-steps stopped it inside the epoch
         return False
@@ -272,17 +329,27 @@ def train_step(net, optimizer, images: torch.Tensor, labels: torch.Tensor) -> to
     return loss.detach()
 
 
-def log_interval(row: dict, progress: EpochState, optimizer, cfg: TrainConfig, info: DistInfo, log, bar,
-                 batches: int) -> None:
+def log_interval(
+    row: dict, progress: EpochState, optimizer, cfg: TrainConfig, info: DistInfo, log, bar, batches: int
+) -> None:
     """A human line, a JSONL row and the bar's numbers for one closed interval (primary rank only)."""
     if not info.is_primary:
         return
     ips = row["steps"] * cfg.batch_size * info.world_size / row["seconds"]
     lr = optimizer.param_groups[0]["lr"]
-    values = dict(epoch=progress.epoch + progress.batch / batches, loss=row["loss"], loss_now=row["loss_now"],
-                  lr=lr, images_per_s=ips, data_wait=row["data_wait"])
+    values = dict(
+        epoch=progress.epoch + progress.batch / batches,
+        loss=row["loss"],
+        loss_now=row["loss_now"],
+        lr=lr,
+        images_per_s=ips,
+        data_wait=row["data_wait"],
+    )
     bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{ips:,.0f}")
     if log:
         log.write("train", progress.step, **values)
-    say(info, f"step {progress.step} epoch {values['epoch']:.2f} | loss {row['loss_now']:.4f} (avg "
-              f"{row['loss']:.4f}) | {ips:,.0f} img/s | lr {lr:g} | data wait {row['data_wait']:.0%}")
+    say(
+        info,
+        f"step {progress.step} epoch {values['epoch']:.2f} | loss {row['loss_now']:.4f} (avg "
+        f"{row['loss']:.4f}) | {ips:,.0f} img/s | lr {lr:g} | data wait {row['data_wait']:.0%}",
+    )

@@ -1,4 +1,6 @@
-"""bench.loader (`cli.py bench loader`): a tiny run through the CLI (numbers are not asserted, only that both paths ran)."""
+"""bench.loader (`cli.py bench loader`): a tiny run through the CLI (numbers are not asserted, only that both
+paths ran)."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +9,32 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
 from bench.loader import bench_loader
+from cli import main
 from shards.errors import UserError
 
 
 def test_bench_loader_command_reports_both_paths(sample_shards, tmp_path):
     report = str(tmp_path / "bench.json")
-    result = CliRunner().invoke(main, ["bench", "loader", "--shards", sample_shards, "--batch-size", "8",
-                                       "--workers", "1", "--batches", "2", "--mean", "channel", "--json", report])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "loader",
+            "--shards",
+            sample_shards,
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--batches",
+            "2",
+            "--mean",
+            "channel",
+            "--json",
+            report,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "DALI" in result.output and "reference" in result.output and "speedup" in result.output
     with open(report) as f:
@@ -27,8 +46,24 @@ def test_bench_loader_command_reports_both_paths(sample_shards, tmp_path):
 
 def test_bench_loader_dali_only_and_bad_decoder_share(sample_shards, tmp_path):
     report = str(tmp_path / "dali.json")
-    result = CliRunner().invoke(main, ["bench", "loader", "--shards", sample_shards, "--batch-size", "8",
-                                       "--workers", "1", "--batches", "2", "--no-baseline", "--json", report])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "loader",
+            "--shards",
+            sample_shards,
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--batches",
+            "2",
+            "--no-baseline",
+            "--json",
+            report,
+        ],
+    )
     assert result.exit_code == 0, result.output
     with open(report) as f:
         numbers = json.load(f)

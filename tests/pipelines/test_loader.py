@@ -1,4 +1,5 @@
 """pipelines.build_loader on real DALI (CPU): shapes, labels, ranks, epochs, determinism, resume, errors."""
+
 from __future__ import annotations
 
 import io
@@ -25,7 +26,9 @@ def build(root, split="train", batch_size=8, **kw):
 
 def sources(params: dict, labels: torch.Tensor) -> list[str]:
     """The json `source` of every real (label >= 0) sample of a with_params batch."""
-    return [json.loads(bytes(m).decode())["source"] for m, y in zip(params["meta"].numpy(), labels) if y >= 0]
+    return [
+        json.loads(bytes(m).decode())["source"] for m, y in zip(params["meta"].numpy(), labels, strict=True) if y >= 0
+    ]
 
 
 def epoch_sources(loader) -> list[str]:
@@ -43,9 +46,14 @@ def manifest_sources(root: str, split: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ shapes and labels
-@pytest.mark.parametrize("mode,dtype,shape", [("train", "float32", (8, 3, 227, 227)),
-                                              ("center", "float16", (8, 3, 227, 227)),
-                                              ("ten_crop", "bfloat16", (8, 10, 3, 227, 227))])
+@pytest.mark.parametrize(
+    "mode,dtype,shape",
+    [
+        ("train", "float32", (8, 3, 227, 227)),
+        ("center", "float16", (8, 3, 227, 227)),
+        ("ten_crop", "bfloat16", (8, 10, 3, 227, 227)),
+    ],
+)
 def test_batches_have_the_contract_shapes_and_dtypes(sample_shards, mode, dtype, shape):
     split = "train" if mode == "train" else "val"
     loader = build(sample_shards, split, mode=mode, dtype=dtype, mean="channel")
@@ -67,7 +75,7 @@ def test_labels_match_the_json_wnid_through_the_shuffle(sample_shards):
     loader = build(sample_shards, batch_size=16, with_params=True, shuffle_buffer=64)
     seen = 0
     for _, labels, params in loader:
-        for meta, label in zip(params["meta"].numpy(), labels):
+        for meta, label in zip(params["meta"].numpy(), labels, strict=True):
             assert classes.index(json.loads(bytes(meta).decode())["wnid"]) == int(label)
             seen += 1
     assert seen == len(loader) * 16 == 192
@@ -76,15 +84,19 @@ def test_labels_match_the_json_wnid_through_the_shuffle(sample_shards):
 def test_validation_labels_in_shard_order(sample_shards):
     expected = [label for _, label in shards.webdataset(sample_shards, "val")]
     got = torch.cat([labels for _, labels in build(sample_shards, "val", batch_size=10)])
-    assert got[got >= 0].tolist() == expected and (got[len(expected):] == -1).all()
+    assert got[got >= 0].tolist() == expected and (got[len(expected) :] == -1).all()
 
 
 # ------------------------------------------------------------------------------------------------ ranks and epochs
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_training_ranks_disjoint_equal_length_every_epoch(sample_shards, world_size):
     batch = 7  # 192 / ranks is not a multiple of 7: every rank drops a remainder
-    loaders = [build(sample_shards, batch_size=batch, rank=r, world_size=world_size, seed=3, with_params=True,
-                     shuffle_buffer=32) for r in range(world_size)]
+    loaders = [
+        build(
+            sample_shards, batch_size=batch, rank=r, world_size=world_size, seed=3, with_params=True, shuffle_buffer=32
+        )
+        for r in range(world_size)
+    ]
     assert len({len(loader) for loader in loaders}) == 1
     assert len(loaders[0]) == (192 // world_size) // batch
     everything = set(manifest_sources(sample_shards, "train"))
@@ -98,8 +110,10 @@ def test_training_ranks_disjoint_equal_length_every_epoch(sample_shards, world_s
 @pytest.mark.parametrize("world_size,batch", [(1, 10), (2, 8), (3, 7), (5, 3)])
 def test_validation_sees_every_image_exactly_once(sample_shards, world_size, batch):
     """48 images: 5 ranks get 9 or 10 -> with batch 3 the ranks with 9 need a whole padding batch (label -1)."""
-    loaders = [build(sample_shards, "val", batch_size=batch, rank=r, world_size=world_size, with_params=True)
-               for r in range(world_size)]
+    loaders = [
+        build(sample_shards, "val", batch_size=batch, rank=r, world_size=world_size, with_params=True)
+        for r in range(world_size)
+    ]
     assert len({len(loader) for loader in loaders}) == 1
     expected = sorted(manifest_sources(sample_shards, "val"))
     for _ in range(2):  # and again, in the same order, the next time
@@ -135,7 +149,9 @@ def take(loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def same(a, b) -> bool:
-    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
+    )
 
 
 def test_same_seed_same_batches_other_seed_or_rank_differs(sample_shards):
@@ -166,7 +182,7 @@ def test_resume_continues_with_the_unseen_batches(sample_shards, stop_after):
     assert same(before + take(resumed, 16 - stop_after), uninterrupted)
     other = build(sample_shards, **kw)
     other.load_state_dict(state)  # the method form does the same
-    assert same(take(other, 2), uninterrupted[stop_after: stop_after + 2])
+    assert same(take(other, 2), uninterrupted[stop_after : stop_after + 2])
 
 
 def test_state_from_other_settings_is_refused(sample_shards):
@@ -206,15 +222,16 @@ def test_missing_index_names_the_shard(shard_copy):
         build(shard_copy)
 
 
-@pytest.mark.parametrize("damage,message", [("drop", "has no .lbl component"),
-                                            ("int64", "has a .lbl of 8 bytes, not 4")])
+@pytest.mark.parametrize(
+    "damage,message", [("drop", "has no .lbl component"), ("int64", "has a .lbl of 8 bytes, not 4")]
+)
 def test_index_without_int32_label_names_the_sample(shard_copy, damage, message):
     index = os.path.join(shard_copy, "val", "val-000001.idx")
     with open(index) as f:
         lines = f.read().splitlines()
     sample = 4 if damage == "drop" else 1  # a foreign int64 label shows from the first sample on
     fields = lines[sample].split()
-    components = [fields[i:i + 4] for i in range(0, len(fields), 4)]
+    components = [fields[i : i + 4] for i in range(0, len(fields), 4)]
     if damage == "drop":
         components = [c for c in components if c[0] != "lbl"]
     else:
@@ -290,8 +307,9 @@ def test_gpu_loader_honours_the_device_index(sample_shards):
 def test_gpu_decoder_really_runs_on_the_gpu(sample_shards):
     """DALI's "mixed" decoder silently decodes on the CPU when nvImageCodec cannot load nvJPEG (e.g. the
     nvidia-nvjpeg package is missing): then no libnvjpeg is mapped into this process. Fail loudly instead."""
-    loader = pipelines.build_loader(sample_shards, "val", batch_size=8, device="cuda", num_threads=1,
-                                    hw_decoder_load=1.0)
+    loader = pipelines.build_loader(
+        sample_shards, "val", batch_size=8, device="cuda", num_threads=1, hw_decoder_load=1.0
+    )
     next(iter(loader))
     with open("/proc/self/maps") as f:
         mapped = {line.split()[-1] for line in f if "/" in line}
@@ -330,7 +348,8 @@ def test_a_shard_emptied_by_unreadable_inputs_is_left_out(tmp_path):
     for world_size in (1, 2):
         labels = []
         for rank in range(world_size):
-            loader = pipelines.build_loader(out, split="val", batch_size=1, device="cpu", rank=rank,
-                                            world_size=world_size, mean="channel")
+            loader = pipelines.build_loader(
+                out, split="val", batch_size=1, device="cpu", rank=rank, world_size=world_size, mean="channel"
+            )
             labels += [int(x) for _, batch in loader for x in batch if x >= 0]
         assert sorted(labels) == [0, 0, 1, 1]

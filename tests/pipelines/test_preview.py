@@ -1,4 +1,5 @@
 """pipelines.preview: the grid PNG of augmented training crops, through the library and the CLI."""
+
 from __future__ import annotations
 
 import os

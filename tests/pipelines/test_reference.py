@@ -1,4 +1,5 @@
 """pipelines.reference (pure NumPy) on its own, and the DALI graph held against it pixel by pixel."""
+
 from __future__ import annotations
 
 import itertools
@@ -52,7 +53,7 @@ def test_view_subtracts_mean_image_before_crop_and_flip():
     image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     mean_image = rng.uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32)
     out = ref.view(image, 3, 7, CROP, True, mean_image, std=np.array([2.0, 4.0, 8.0]), offset=np.array([1.0, 2, 3]))
-    window = image[3:3 + CROP, 7:7 + CROP].astype(np.float32) - mean_image[3:3 + CROP, 7:7 + CROP]
+    window = image[3 : 3 + CROP, 7 : 7 + CROP].astype(np.float32) - mean_image[3 : 3 + CROP, 7 : 7 + CROP]
     expected = ((window[:, ::-1] + [1, 2, 3]) / [2, 4, 8]).transpose(2, 0, 1)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-4)
     assert out.dtype == np.float32 and out.flags.c_contiguous
@@ -69,7 +70,7 @@ def test_denormalize_inverts_view():
     image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     mean, std = np.array([120.0, 110, 100]), np.array([60.0, 50, 40])
     out = ref.center_view(image, mean, std=std)
-    np.testing.assert_array_equal(ref.denormalize(out, mean, std), image[15:15 + CROP, 15:15 + CROP])
+    np.testing.assert_array_equal(ref.denormalize(out, mean, std), image[15 : 15 + CROP, 15 : 15 + CROP])
 
 
 # ------------------------------------------------------------------------------------------------ DALI == reference
@@ -82,16 +83,26 @@ def source_images(root: str, split: str, n: int) -> list[tuple[np.ndarray, int]]
 def test_dali_train_view_equals_reference(sample_shards, mean, std):
     """Same window, flip and alpha as DALI drew -> the same pixels (DALI's CPU decoder is libjpeg-turbo like PIL)."""
     ds = shards.open(sample_shards)
-    loader = pipelines.build_loader(sample_shards, "train", batch_size=8, device="cpu", num_threads=1,
-                                    shuffle_buffer=0, with_params=True, mean=mean, std=std)
+    loader = pipelines.build_loader(
+        sample_shards,
+        "train",
+        batch_size=8,
+        device="cpu",
+        num_threads=1,
+        shuffle_buffer=0,
+        with_params=True,
+        mean=mean,
+        std=std,
+    )
     images, labels, params = next(iter(loader))
     mean_values = ds.mean_image() if mean == "image" else ds.stats.mean
     for i, (image, label) in enumerate(source_images(sample_shards, "train", 8)):
         assert int(labels[i]) == label
         top, left = ref.crop_box(*image.shape[:2], CROP, float(params["crop_x"][i]), float(params["crop_y"][i]))
         offset = ref.lighting_offset(params["alpha"][i].numpy(), ds.stats.eigval, ds.stats.eigvec)
-        expected = ref.view(image, top, left, CROP, bool(params["mirror"][i]), mean_values,
-                            ds.stats.std if std else None, offset)
+        expected = ref.view(
+            image, top, left, CROP, bool(params["mirror"][i]), mean_values, ds.stats.std if std else None, offset
+        )
         np.testing.assert_allclose(images[i].numpy(), expected, atol=1e-3)
 
 
@@ -99,8 +110,9 @@ def test_dali_center_and_ten_crop_equal_reference(sample_shards):
     ds = shards.open(sample_shards)
     samples = source_images(sample_shards, "val", 4)
     center = pipelines.build_loader(sample_shards, "val", batch_size=4, device="cpu", num_threads=1, mean="channel")
-    ten = pipelines.build_loader(sample_shards, "val", batch_size=4, device="cpu", num_threads=1, mode="ten_crop",
-                                 mean="image")
+    ten = pipelines.build_loader(
+        sample_shards, "val", batch_size=4, device="cpu", num_threads=1, mode="ten_crop", mean="image"
+    )
     (c_images, c_labels), (t_images, t_labels) = next(iter(center)), next(iter(ten))
     assert t_images.shape == (4, 10, 3, CROP, CROP)
     for i, (image, label) in enumerate(samples):
@@ -113,8 +125,16 @@ def test_dali_random_draws_have_the_papers_statistics(sample_shards):
     """Over two epochs: alpha ~ N(0, 0.1^2), flips ~ 1/2, every window offset, and the offsets actually added to
     the pixels have the covariance of the reference lighting (sigma^2 W W^T, W = eigvec * eigval * 255)."""
     ds = shards.open(sample_shards)
-    loader = pipelines.build_loader(sample_shards, "train", batch_size=32, device="cpu", num_threads=1,
-                                    shuffle_buffer=0, with_params=True, mean="channel")
+    loader = pipelines.build_loader(
+        sample_shards,
+        "train",
+        batch_size=32,
+        device="cpu",
+        num_threads=1,
+        shuffle_buffer=0,
+        with_params=True,
+        mean="channel",
+    )
     sources = dict(_train_images_by_source(sample_shards))
     alphas, flips, xs, offsets = [], [], [], []
     for _ in range(2):
@@ -133,7 +153,7 @@ def test_dali_random_draws_have_the_papers_statistics(sample_shards):
     assert 0.4 < flips.mean() < 0.6
     assert set(xs.astype(int)) <= set(range(30)) and {0, 29} <= set(xs.astype(int))
     w = ds.stats.eigvec * ds.stats.eigval[None, :] * 255
-    expected_cov = 0.1 ** 2 * w @ w.T
+    expected_cov = 0.1**2 * w @ w.T
     cov = np.cov(offsets.T)
     assert np.abs(cov - expected_cov).max() < 0.35 * np.abs(expected_cov).max()
     np.testing.assert_allclose(cov[0, 0], expected_cov[0, 0], rtol=0.35)

@@ -1,5 +1,7 @@
 """OUT/README.md: Hub front matter that parses and makes `datasets.load_dataset(OUT)` load exactly the samples."""
+
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -8,7 +10,7 @@ import shards
 
 
 def front_matter(root):
-    text = open(os.path.join(root, "README.md")).read()
+    text = Path(os.path.join(root, "README.md")).read_text()
     assert text.startswith("---\n")
     head, body = text[4:].split("\n---\n", 1)
     return yaml.safe_load(head), body
@@ -17,8 +19,12 @@ def front_matter(root):
 def test_front_matter_parses_and_names_only_the_tars(default_shards):
     meta, body = front_matter(default_shards)
     assert meta["license"] == "other" and meta["task_categories"] == ["image-classification"]
-    assert meta["configs"] == [{"config_name": "default", "data_files": [
-        {"split": "train", "path": "train/*.tar"}, {"split": "validation", "path": "val/*.tar"}]}]
+    assert meta["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [{"split": "train", "path": "train/*.tar"}, {"split": "validation", "path": "val/*.tar"}],
+        }
+    ]
     assert meta["size_categories"] == ["n<1K"]
 
 
@@ -30,8 +36,13 @@ def test_page_has_counts_statistics_names_and_recipes(default_shards):
     assert "| 0 | n02123045 | tabby cat |" in body and "| 7 | n09428293 | beach |" in body
     assert "quality 90" in body and "bicubic" in body and f"tool version {ds.manifest['tool_version']}" in body
     assert "validation images have a copy in train" in body and "None: every input was read." in body
-    for recipe in ("datasets.load_dataset(", "wds.WebDataset(", "fn.readers.webdataset(", "--dataset wds/",
-                   "tarfile.open("):
+    for recipe in (
+        "datasets.load_dataset(",
+        "wds.WebDataset(",
+        "fn.readers.webdataset(",
+        "--dataset wds/",
+        "tarfile.open(",
+    ):
         assert recipe in body
 
 

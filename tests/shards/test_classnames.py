@@ -1,4 +1,5 @@
 """Class names: from Kaggle's LOC_synset_mapping.txt, the devkit's meta.mat / synset words, the built-in list."""
+
 import io
 import json
 import os

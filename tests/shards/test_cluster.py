@@ -1,4 +1,5 @@
 """`shard --cluster`: a real Dask scheduler and workers started as subprocesses on 127.0.0.1."""
+
 import os
 import signal
 import subprocess
@@ -6,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from servers import ROOT, DaskCluster, free_port, s3_env
 from test_object_store import local_files, remote_files
 
@@ -14,9 +14,14 @@ pytestmark = pytest.mark.slow
 
 
 def shard_cli(src, out, *extra, **kw):
-    return subprocess.run([sys.executable, "cli.py", "shard", "--src", str(src), "--out", str(out),
-                           "--shard-size", "40", *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          **kw)
+    return subprocess.run(
+        [sys.executable, "cli.py", "shard", "--src", str(src), "--out", str(out), "--shard-size", "40", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
+    )
 
 
 def test_cluster_shards_are_byte_identical_to_local(sample_tree, sample_shards, dask_cluster, tmp_path):
@@ -30,8 +35,9 @@ def test_cluster_writes_to_s3(sample_tree, sample_shards, dask_cluster, s3, s3_e
     # workers find the store through their own standard AWS environment, as on a real cluster
     cluster = DaskCluster(workers=2, worker_env=s3_env(s3_endpoint))
     try:
-        run = shard_cli(sample_tree, f"{s3}/wds", "--cluster", cluster.address,
-                        env={**os.environ, **s3_env(s3_endpoint)})
+        run = shard_cli(
+            sample_tree, f"{s3}/wds", "--cluster", cluster.address, env={**os.environ, **s3_env(s3_endpoint)}
+        )
     finally:
         cluster.close()
     assert run.returncode == 0, run.stdout + run.stderr
@@ -42,16 +48,32 @@ def test_killed_worker_leaves_the_output_unchanged(sample_tree, sample_shards, t
     cluster = DaskCluster(workers=2)
     out = tmp_path / "wds"
     try:
-        proc = subprocess.Popen([sys.executable, "cli.py", "shard", "--src", sample_tree, "--out", str(out),
-                                 "--shard-size", "40", "--cluster", cluster.address], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "cli.py",
+                "shard",
+                "--src",
+                sample_tree,
+                "--out",
+                str(out),
+                "--shard-size",
+                "40",
+                "--cluster",
+                cluster.address,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         work = out / ".work" / "train"
         deadline = time.monotonic() + 300
         while not (work.is_dir() and any(n.endswith(".tar.json") for n in os.listdir(work))):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
             time.sleep(0.05)
         os.killpg(cluster.workers[0].pid, signal.SIGKILL)  # the worker and everything it started, mid-run
-        cluster.workers.append(cluster.add_worker())       # as a cluster manager would replace it
+        cluster.workers.append(cluster.add_worker())  # as a cluster manager would replace it
         output, _ = proc.communicate(timeout=600)
         if proc.returncode != 0:  # Dask gave up on a task: a plain rerun finishes it
             rerun = shard_cli(sample_tree, out, "--cluster", cluster.address)
@@ -86,9 +108,26 @@ def test_workers_that_cannot_import_the_project_is_one_line(sample_tree, tmp_pat
 
 def test_interrupted_driver_keeps_committed_shards(sample_tree, sample_shards, dask_cluster, tmp_path):
     out = tmp_path / "wds"
-    proc = subprocess.Popen([sys.executable, "cli.py", "shard", "--src", sample_tree, "--out", str(out),
-                             "--shard-size", "40", "--cluster", dask_cluster.address], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "cli.py",
+            "shard",
+            "--src",
+            sample_tree,
+            "--out",
+            str(out),
+            "--shard-size",
+            "40",
+            "--cluster",
+            dask_cluster.address,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     work = out / ".work" / "train"
     deadline = time.monotonic() + 300
     while not (work.is_dir() and any(n.endswith(".tar.json") for n in os.listdir(work))):

@@ -1,4 +1,5 @@
 """`shard` end to end on real photographs: the format contract, read-back by other readers, honesty, resume."""
+
 import io
 import json
 import os
@@ -8,18 +9,18 @@ import subprocess
 import sys
 import tarfile
 import time
-
-import pytest
-from PIL import Image
+from pathlib import Path
 
 import hard_cases as hc
+import pytest
+from PIL import Image
+from servers import ROOT
+
 import shards
 from shards.convert import ShardConfig, convert
-from shards.errors import UserError
 from shards.demo_data import make_sample_tree
+from shards.errors import UserError
 from shards.verify import find_problems
-
-from servers import ROOT
 
 
 def read_tar(path):
@@ -40,8 +41,14 @@ def all_samples(root, split):
 
 
 def shard_config(src, out, **kw):
-    return ShardConfig(src=str(src), out=str(out), shard_size=kw.pop("shard_size", 40), workers=kw.pop("workers", 2),
-                       progress=False, **kw)
+    return ShardConfig(
+        src=str(src),
+        out=str(out),
+        shard_size=kw.pop("shard_size", 40),
+        workers=kw.pop("workers", 2),
+        progress=False,
+        **kw,
+    )
 
 
 def test_manifest_and_every_input_in_exactly_one_shard(sample_tree, sample_shards):
@@ -51,10 +58,13 @@ def test_manifest_and_every_input_in_exactly_one_shard(sample_tree, sample_shard
     params = ds.manifest["params"]
     assert params == {"size": 256, "quality": 90, "resize_filter": "bicubic", "seed": 0, "shard_size": 40}
     for split in ("train", "val"):
-        inputs = {os.path.join(split, w, f) for w in os.listdir(os.path.join(sample_tree, split))
-                  for f in os.listdir(os.path.join(sample_tree, split, w))}
+        inputs = {
+            os.path.join(split, w, f)
+            for w in os.listdir(os.path.join(sample_tree, split))
+            for f in os.listdir(os.path.join(sample_tree, split, w))
+        }
         keys, sources = [], []
-        for url, entry in zip(ds.urls(split), ds.shards(split)):
+        for url, entry in zip(ds.urls(split), ds.shards(split), strict=True):
             samples = read_tar(url)
             assert len(samples) == entry["count"] and os.path.getsize(url) == entry["bytes"]
             for key, comp in samples.items():
@@ -92,9 +102,9 @@ def test_hard_cases_are_kept_or_skipped_and_listed(tmp_path, capsys):
     src = make_sample_tree(str(tmp_path / "src"), num_classes=2, train_per_class=3, val_per_class=1)
     cls = os.path.join(src, "train", sorted(os.listdir(os.path.join(src, "train")))[0])
     for name, maker in hc.READABLE.items():
-        open(os.path.join(cls, f"hard_{name}.JPEG"), "wb").write(maker())
+        Path(os.path.join(cls, f"hard_{name}.JPEG")).write_bytes(maker())
     for name, (maker, _) in hc.UNREADABLE.items():
-        open(os.path.join(cls, f"bad_{name}.JPEG"), "wb").write(maker())
+        Path(os.path.join(cls, f"bad_{name}.JPEG")).write_bytes(maker())
     manifest = convert(shard_config(src, tmp_path / "out", shard_size=5))
     train = manifest["splits"]["train"]
     assert train["count"] == 6 + len(hc.READABLE)
@@ -115,8 +125,14 @@ def test_archives_give_the_same_samples_as_folders(tmp_path):
     convert(shard_config(folders, tmp_path / "from_folders", shard_size=5))
     out = tmp_path / "from_tars"
     # one archive at a time, as a user with the two downloads would: the second run adds the split
-    convert(shard_config(os.path.join(tars, "ILSVRC2012_img_val.tar"), out, shard_size=5,
-                         val_labels=os.path.join(tars, "val_labels.txt")))
+    convert(
+        shard_config(
+            os.path.join(tars, "ILSVRC2012_img_val.tar"),
+            out,
+            shard_size=5,
+            val_labels=os.path.join(tars, "val_labels.txt"),
+        )
+    )
     convert(shard_config(os.path.join(tars, "ILSVRC2012_img_train.tar"), out, shard_size=5))
     assert shards.open(str(out)).splits == ["train", "val"]
     for split in ("train", "val"):
@@ -141,7 +157,7 @@ def test_resume_keeps_finished_shards_and_redoes_the_rest(sample_tree, sample_sh
     os.remove(out / "train" / "train-000002.tar")  # crashed before this one was renamed
     with open(out / "train" / "train-000003.tar", "r+b") as f:
         f.truncate(1000)  # damaged after the fact
-    open(out / "train" / "train-000004.tar.tmp-4242", "wb").write(b"half a shard")
+    Path(out / "train" / "train-000004.tar.tmp-4242").write_bytes(b"half a shard")
     kept = os.stat(out / "train" / "train-000000.tar").st_mtime_ns
     manifest = convert(shard_config(sample_tree, out))
     assert manifest["splits"] == shards.open(sample_shards).manifest["splits"]
@@ -151,10 +167,22 @@ def test_resume_keeps_finished_shards_and_redoes_the_rest(sample_tree, sample_sh
 
 def start_shard_command(src, out, workers):
     """`cli.py shard` in its own process group, returned once its first training shard is finished."""
-    cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "shard", "--src", src, "--out", str(out),
-           "--shard-size", "40", "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "cli.py"),
+        "shard",
+        "--src",
+        src,
+        "--out",
+        str(out),
+        "--shard-size",
+        "40",
+        "--workers",
+        str(workers),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     records = out / ".work" / "train"
     deadline = time.time() + 120
     while time.time() < deadline and not (records.exists() and any(p.suffix == ".json" for p in records.iterdir())):
@@ -182,8 +210,9 @@ def test_shards_written_by_workers_never_look_finished_until_renamed(sample_shar
     for split in ("train", "val"):
         names = os.listdir(os.path.join(sample_shards, split))
         assert not [n for n in names if ".tmp-" in n]
-        assert sorted(n for n in names if n.endswith(".idx")) == sorted(n[:-4] + ".idx" for n in names
-                                                                       if n.endswith(".tar"))
+        assert sorted(n for n in names if n.endswith(".idx")) == sorted(
+            n[:-4] + ".idx" for n in names if n.endswith(".tar")
+        )
 
 
 @pytest.mark.slow
@@ -205,9 +234,9 @@ def test_keys_are_unique_whatever_the_file_names(tmp_path):
     """The same stem in two class folders gets _dupN, and never a name a real input already has (x_dup1)."""
     src = make_sample_tree(str(tmp_path / "src"), num_classes=2, train_per_class=2, val_per_class=0)
     a, b = (os.path.join(src, "train", w) for w in sorted(os.listdir(os.path.join(src, "train"))))
-    photo = open(os.path.join(a, sorted(os.listdir(a))[0]), "rb").read()
+    photo = Path(os.path.join(a, sorted(os.listdir(a))[0])).read_bytes()
     for folder, name in ((a, "x.JPEG"), (b, "x.JPEG"), (a, "x_dup1.JPEG")):
-        open(os.path.join(folder, name), "wb").write(photo)
+        Path(os.path.join(folder, name)).write_bytes(photo)
     manifest = convert(shard_config(src, tmp_path / "out", shard_size=100, split="train"))
     keys = list(all_samples(str(tmp_path / "out"), "train"))
     assert len(keys) == len(set(keys)) == manifest["splits"]["train"]["count"] == 7
@@ -219,8 +248,23 @@ def test_progress_off_a_terminal_is_plain_lines(sample_tree, tmp_path):
     """Redirected to a file: no carriage-return redraws of a progress bar, the summary lines as usual."""
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
-        run = subprocess.run([sys.executable, "cli.py", "shard", "--src", sample_tree, "--out", str(tmp_path / "o"),
-                              "--shard-size", "40"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=300)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "cli.py",
+                "shard",
+                "--src",
+                sample_tree,
+                "--out",
+                str(tmp_path / "o"),
+                "--shard-size",
+                "40",
+            ],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
     text = log.read_text()
     assert run.returncode == 0, text
     assert "\r" not in text and "train: 192 images in 5 shards" in text

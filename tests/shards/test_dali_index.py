@@ -1,10 +1,13 @@
 """DALI's index format: what the writer writes is what DALI's own wds2idx writes, parsed and checked in one place."""
+
 import pytest
 
 from shards import dali_index
 
-SAMPLES = [[("jpg", 1536, 1000, "a.jpg"), ("lbl", 3072, 4, "a.lbl")],
-           [("jpg", 4096, 2000, "b.jpg"), ("lbl", 6656, 4, "b.lbl")]]
+SAMPLES = [
+    [("jpg", 1536, 1000, "a.jpg"), ("lbl", 3072, 4, "a.lbl")],
+    [("jpg", 4096, 2000, "b.jpg"), ("lbl", 6656, 4, "b.lbl")],
+]
 
 
 def test_round_trip():
@@ -22,11 +25,14 @@ def test_versions_compare_as_numbers():
     assert dali_index.parse(v11).sample(0)["lbl"] == dali_index.Component("lbl", 3072, 4, None)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "is not 'vMAJOR.MINOR COUNT'"),
-    ("v2.0 1\n", "not one this tool reads"),
-    ("vX.1 1\n", "is not a number"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "is not 'vMAJOR.MINOR COUNT'"),
+        ("v2.0 1\n", "not one this tool reads"),
+        ("vX.1 1\n", "is not a number"),
+    ],
+)
 def test_foreign_text_is_named(text, words):
     assert words in dali_index.problem(text, 1)
 

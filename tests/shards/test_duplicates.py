@@ -1,21 +1,22 @@
 """The duplicate report: planted exact and near copies (within train, val vs train) are found, nothing else."""
+
 import io
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import hard_cases as hc
 import numpy as np
 import pytest
 from PIL import Image
+from servers import ROOT
 
-import hard_cases as hc
 import shards
 from shards.convert import ShardConfig, convert
-from shards.duplicates import components, find_groups, match, near_pairs
 from shards.demo_data import make_sample_tree
-
-from servers import ROOT
+from shards.duplicates import components, find_groups, match, near_pairs
 
 
 def reencoded(data: bytes, quality=None, scale=1.0) -> bytes:
@@ -35,15 +36,15 @@ def planted(tmp_path_factory):
     train = os.path.join(src, "train")
     wnids = sorted(os.listdir(train))
     first = [os.path.join(train, w, os.listdir(os.path.join(train, w))[0]) for w in wnids[:3]]
-    read = lambda p: open(p, "rb").read()  # noqa: E731
+    read = lambda p: Path(p).read_bytes()  # noqa: E731
 
     def write(path, data):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "wb").write(data)
+        Path(path).write_bytes(data)
 
-    write(os.path.join(train, wnids[0], "copy_exact.JPEG"), read(first[0]))                  # exact, in train
-    write(os.path.join(train, wnids[1], "copy_q70.JPEG"), reencoded(read(first[1]), 70))     # near, in train
-    write(os.path.join(src, "val", wnids[2], "val_exact.JPEG"), read(first[2]))             # exact, val-train
+    write(os.path.join(train, wnids[0], "copy_exact.JPEG"), read(first[0]))  # exact, in train
+    write(os.path.join(train, wnids[1], "copy_q70.JPEG"), reencoded(read(first[1]), 70))  # near, in train
+    write(os.path.join(src, "val", wnids[2], "val_exact.JPEG"), read(first[2]))  # exact, val-train
     write(os.path.join(src, "val", wnids[0], "val_resized.JPEG"), reencoded(read(first[0]), scale=0.85))  # near
     twin = hc.encode(hc.photo((300, 200)).rotate(90, expand=True), "JPEG", quality=90)  # not in train
     write(os.path.join(src, "val", wnids[3], "val_twin_a.JPEG"), twin)  # val-val only: not reported
@@ -85,11 +86,15 @@ def test_fingerprints_are_in_every_sample_json(planted):
 
 def test_card_and_stats_command_print_the_counts(planted, tmp_path):
     out, _ = planted
-    card = open(os.path.join(out, "README.md")).read()
+    card = Path(os.path.join(out, "README.md")).read_text()
     assert "2 validation images have a copy in train (1 identical, 1 near-identical)" in card
     assert "broken.JPEG" in card and "truncated" in card  # the skipped input, with its reason
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "stats", "--shards", out],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "cli.py"), "stats", "--shards", out],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "duplicates: 2 validation images have a copy in train" in result.stdout
 
@@ -106,10 +111,14 @@ def test_near_pairs_finds_every_pair_within_3_bits_and_no_other():
         hashes[dst] = hashes[src] ^ np.uint64(sum(1 << int(f) for f in flips))
         planted[(src, dst)] = bits
     i, j = near_pairs(hashes, 3)
-    found = set(zip(i.tolist(), j.tolist()))
-    brute = {(p, q) for p in range(len(hashes)) for q in range(p + 1, len(hashes))
-             if p in range(400, 407) or q in range(4000, 4007) or p < 300 and q < 300
-             if int(hashes[p] ^ hashes[q]).bit_count() <= 3}
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    brute = {
+        (p, q)
+        for p in range(len(hashes))
+        for q in range(p + 1, len(hashes))
+        if p in range(400, 407) or q in range(4000, 4007) or p < 300 and q < 300
+        if int(hashes[p] ^ hashes[q]).bit_count() <= 3
+    }
     assert {k for k, bits in planted.items() if bits <= 3} <= found
     assert not {k for k, bits in planted.items() if bits > 3} & found
     assert brute <= found and all(int(hashes[p] ^ hashes[q]).bit_count() <= 3 for p, q in found)
@@ -120,8 +129,10 @@ def test_groups_are_connected_components_and_val_only_pairs_are_left_out():
     ids = ["train/a", "train/b", "val/c", "val/d", "train/e"]
     digests = ["00000000000000aa", "00000000000000aa", "00000000000000bb", "00000000000000bb", "00000000000000cc"]
     phashes = ["ffff0000ffff0000", "ffff0000ffff0000", "0000ffff0000ffff", "0000ffff0000ffff", "ffff0000ffff0003"]
-    assert find_groups(ids, digests, phashes) == [{"kind": "exact", "samples": ["train/a", "train/b"]},
-                                                  {"kind": "near", "samples": ["train/a", "train/b", "train/e"]}]
+    assert find_groups(ids, digests, phashes) == [
+        {"kind": "exact", "samples": ["train/a", "train/b"]},
+        {"kind": "near", "samples": ["train/a", "train/b", "train/e"]},
+    ]
 
 
 def test_counts_each_image_once_and_only_for_copies_in_train():
@@ -129,7 +140,9 @@ def test_counts_each_image_once_and_only_for_copies_in_train():
     digests = ["01", "02", "03", "03"]
     phashes = ["ffff0000ffff0000", "ffff0000ffff0003", "00ff00ff00ff00ff", "00ff00ff00ff00ff"]
     groups, counts = match(ids, digests, phashes)
-    assert groups == [{"kind": "exact", "samples": ["train/c", "val/d"]},
-                      {"kind": "near", "samples": ["train/a", "val/b"]}]
+    assert groups == [
+        {"kind": "exact", "samples": ["train/c", "val/d"]},
+        {"kind": "near", "samples": ["train/a", "val/b"]},
+    ]
     assert counts["val_with_copy_in_train"] == {"exact": 1, "near": 1}
     assert counts["train_with_copy_in_train"] == {"exact": 0, "near": 0}  # a is near a val image only

@@ -1,4 +1,5 @@
 """Default shard sizes every reader can split, and the compact partial sums of the training shards."""
+
 import os
 
 import numpy as np
@@ -9,9 +10,10 @@ from shards.convert import ShardConfig, convert
 from shards.layout import chunk, compact_sum_bytes, default_shard_count, load_sum
 
 
-@pytest.mark.parametrize("count, shards_, largest", [(0, 0, 0), (10, 1, 10), (48, 3, 16), (192, 12, 16),
-                                                      (1040, 64, 17), (50_000, 64, 782),
-                                                      (1_281_167, 1282, 1000)])
+@pytest.mark.parametrize(
+    "count, shards_, largest",
+    [(0, 0, 0), (10, 1, 10), (48, 3, 16), (192, 12, 16), (1040, 64, 17), (50_000, 64, 782), (1_281_167, 1282, 1000)],
+)
 def test_default_chunks(count, shards_, largest):
     chunks = chunk(list(range(count)), None)
     assert len(chunks) == shards_ and max(map(len, chunks), default=0) == largest
@@ -47,8 +49,11 @@ def test_two_worker_dataloader_over_val_with_default_empty_check(default_shards)
 def test_compact_partial_sum_round_trips_and_is_small(default_shards, tmp_path):
     rng = np.random.default_rng(0)
     for images in (16, 1000):
-        image_sum = rng.integers(0, 256, (images, 256, 256, 3), np.uint8).sum(0, dtype=np.uint32) if images < 100 \
+        image_sum = (
+            rng.integers(0, 256, (images, 256, 256, 3), np.uint8).sum(0, dtype=np.uint32)
+            if images < 100
             else np.full((256, 256, 3), 127 * images, np.uint32) + rng.integers(0, 5000, (256, 256, 3), np.uint32)
+        )
         path = tmp_path / f"{images}.sum.npz"
         path.write_bytes(compact_sum_bytes(image_sum))
         restored = load_sum(str(path))

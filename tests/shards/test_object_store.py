@@ -1,4 +1,5 @@
 """Sources and shards on object storage, against a real S3-compatible server (moto_server) on 127.0.0.1."""
+
 import gzip
 import json
 import os
@@ -8,13 +9,13 @@ import sys
 import fsspec
 import pytest
 from click.testing import CliRunner
+from servers import ROOT, s3_env
 
 import cli
 import shards
-from servers import ROOT, s3_env
 from shards.convert import ShardConfig, convert
-from shards.errors import UserError
 from shards.demo_data import make_sample_tree
+from shards.errors import UserError
 from shards.verify import find_problems
 
 pytestmark = pytest.mark.slow
@@ -38,13 +39,16 @@ def local_files(root):
 
 def remote_files(url):
     fs = s3fs_()
-    prefix = url[len("s3://"):]
-    return {path[len(prefix) + 1:]: fs.cat_file(path) for path in fs.find(prefix)
-            if not path[len(prefix) + 1:].startswith(".work")}
+    prefix = url[len("s3://") :]
+    return {
+        path[len(prefix) + 1 :]: fs.cat_file(path)
+        for path in fs.find(prefix)
+        if not path[len(prefix) + 1 :].startswith(".work")
+    }
 
 
 def upload(local, url):
-    s3fs_().put(local.rstrip("/") + "/", url[len("s3://"):], recursive=True)
+    s3fs_().put(local.rstrip("/") + "/", url[len("s3://") :], recursive=True)
 
 
 def shard(src, out, **kw):
@@ -68,8 +72,9 @@ def test_shard_s3_to_local_is_byte_identical(sample_tree, sample_shards, s3, tmp
 
 def test_tarballs_read_from_s3_by_byte_range(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    tars = make_sample_tree(str(tmp_path / "tars"), layout="tars", num_classes=3, train_per_class=4,
-                            val_per_class=2, seed=3)
+    tars = make_sample_tree(
+        str(tmp_path / "tars"), layout="tars", num_classes=3, train_per_class=4, val_per_class=2, seed=3
+    )
     upload(tars, f"{s3}/ilsvrc")
     from_s3 = shard(f"{s3}/ilsvrc", tmp_path / "from-s3")
     assert from_s3["splits"]["train"]["count"] == 12 and from_s3["splits"]["val"]["count"] == 6
@@ -93,7 +98,7 @@ def test_resume_against_the_store_keeps_committed_shards(sample_tree, s3):
     out = f"{s3}/wds"
     first = shard(sample_tree, out)
     fs = s3fs_()
-    fs.rm_file(f"{out}/.work/train/train-000003.tar.json"[len("s3://"):])  # as if killed before this commit
+    fs.rm_file(f"{out}/.work/train/train-000003.tar.json"[len("s3://") :])  # as if killed before this commit
     result = CliRunner().invoke(cli.main, ["shard", "--src", sample_tree, "--out", out, "--shard-size", "40"])
     assert result.exit_code == 0, result.output
     assert "train: 4 of 5 shards already finished, 1 to write" in result.output
@@ -105,16 +110,18 @@ def test_verify_on_s3_names_damaged_and_missing_objects(sample_shards, s3):
     upload(sample_shards, out)
     assert find_problems(out) == []
     fs = s3fs_()
-    key = f"{out}/train/train-000001.tar"[len("s3://"):]
+    key = f"{out}/train/train-000001.tar"[len("s3://") :]
     data = bytearray(fs.cat_file(key))
     data[5000] ^= 0xFF
     fs.pipe_file(key, bytes(data))
-    fs.rm_file(f"{out}/val/val-000001.tar"[len("s3://"):])
+    fs.rm_file(f"{out}/val/val-000001.tar"[len("s3://") :])
     result = CliRunner().invoke(cli.main, ["verify", "--shards", out])
     assert result.exit_code == 1
     bad = sorted(line for line in result.output.splitlines() if line.startswith("BAD"))
-    assert bad == ["BAD train/train-000001.tar: sha256 differs from the manifest (altered)",
-                   "BAD val/val-000001.tar: missing"]
+    assert bad == [
+        "BAD train/train-000001.tar: sha256 differs from the manifest (altered)",
+        "BAD val/val-000001.tar: missing",
+    ]
 
 
 def test_stage_copies_checks_and_resumes(sample_shards, s3, tmp_path):
@@ -136,7 +143,7 @@ def test_stage_copies_checks_and_resumes(sample_shards, s3, tmp_path):
 def test_stage_refuses_an_object_damaged_on_the_store(sample_shards, s3, tmp_path):
     out = f"{s3}/wds"
     upload(sample_shards, out)
-    key = f"{out}/val/val-000000.tar"[len("s3://"):]
+    key = f"{out}/val/val-000000.tar"[len("s3://") :]
     fs = s3fs_()
     fs.pipe_file(key, fs.cat_file(key)[:-512] + b"x" * 512)
     result = CliRunner().invoke(cli.main, ["stage", "--shards", out, "--to", str(tmp_path / "nvme")])
@@ -159,9 +166,32 @@ def test_two_training_steps_read_from_s3(sample_shards, s3, s3_endpoint, tmp_pat
     out = f"{s3}/wds"
     upload(sample_shards, out)
     env = {**os.environ, **s3_env(s3_endpoint), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "cli.py", "train", "--shards", out, "--out", str(tmp_path / "run"),
-                          "--gpus", "0", "--batch-size", "8", "--max-steps", "2", "--log-every", "1",
-                          "--lr", "0.001"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "cli.py",
+            "train",
+            "--shards",
+            out,
+            "--out",
+            str(tmp_path / "run"),
+            "--gpus",
+            "0",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "2",
+            "--log-every",
+            "1",
+            "--lr",
+            "0.001",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert os.path.isfile(tmp_path / "run" / "checkpoint.pt")
     cached = os.listdir(tmp_path / "cache" / "alexnet-wds" / "idx")  # the .idx files, fetched once, by sha256
@@ -169,8 +199,9 @@ def test_two_training_steps_read_from_s3(sample_shards, s3, s3_endpoint, tmp_pat
 
 
 def one_line_error(args, env):
-    run = subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2, run.stdout + run.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in run.stderr, run.stderr
@@ -186,8 +217,11 @@ def test_missing_bucket_is_one_line(sample_tree, s3_endpoint):
 
 
 def test_missing_credentials_is_one_line(sample_tree, s3_endpoint, tmp_path):
-    env = {k: v for k, v in {**os.environ, **s3_env(s3_endpoint)}.items()
-           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")}
+    env = {
+        k: v
+        for k, v in {**os.environ, **s3_env(s3_endpoint)}.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
+    }
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
     line = one_line_error(["verify", "--shards", "s3://some-bucket/wds"], env)
     assert "no credentials for the object store" in line and "AWS_ACCESS_KEY_ID" in line
@@ -207,21 +241,32 @@ def test_out_on_a_read_only_prefix_is_one_line(sample_tree):
     import json
 
     import boto3
-
     from servers import start_moto, stop
 
     proc, endpoint = start_moto(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
     try:
         admin = {**os.environ, **s3_env(endpoint)}
-        session = boto3.session.Session(aws_access_key_id="admin", aws_secret_access_key="admin",
-                                        region_name="us-east-1")
+        session = boto3.session.Session(
+            aws_access_key_id="admin", aws_secret_access_key="admin", region_name="us-east-1"
+        )
         session.client("s3", endpoint_url=endpoint).create_bucket(Bucket="corp-shards")
         iam = session.client("iam", endpoint_url=endpoint)
         iam.create_user(UserName="reader")
-        policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:*"],
-             "Resource": ["arn:aws:s3:::corp-shards", "arn:aws:s3:::corp-shards/rw/*"]},
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": ["arn:aws:s3:::corp-shards/*"]}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:*"],
+                    "Resource": ["arn:aws:s3:::corp-shards", "arn:aws:s3:::corp-shards/rw/*"],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject", "s3:ListBucket"],
+                    "Resource": ["arn:aws:s3:::corp-shards/*"],
+                },
+            ],
+        }
         iam.put_user_policy(UserName="reader", PolicyName="read-only-but-rw", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="reader")["AccessKey"]
         env = {**admin, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}

@@ -1,5 +1,6 @@
 """The README's reuse recipes, each run for real: webdataset + DataLoader, DALI's reader, timm's _info.json,
 Hugging Face datasets, plain tarfile, and our own small API."""
+
 import json
 import os
 import tarfile
@@ -32,15 +33,17 @@ def test_webdataset_with_pytorch_dataloader(sample_shards):
     import webdataset as wds
 
     ds = shards.open(sample_shards)
-    dataset = (wds.WebDataset(ds.urls("train"), shardshuffle=False, nodesplitter=None,
-                              workersplitter=wds.split_by_worker)
-               .decode("pil").to_tuple("__key__", "jpg", "cls")
-               .map(lambda s: (s[0], torch.from_numpy(np.asarray(s[1])), s[2])))
+    dataset = (
+        wds.WebDataset(ds.urls("train"), shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
+        .decode("pil")
+        .to_tuple("__key__", "jpg", "cls")
+        .map(lambda s: (s[0], torch.from_numpy(np.asarray(s[1])), s[2]))
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2)
     seen = {}
     for keys, images, labels in loader:
         assert images.shape[1:] == (256, 256, 3) and images.dtype == torch.uint8
-        seen.update(zip(keys, labels.tolist()))
+        seen.update(zip(keys, labels.tolist(), strict=True))
     assert seen == expected_labels(sample_shards, "train")  # every sample once, right label
 
 
@@ -51,8 +54,12 @@ def test_dali_reader_with_shipped_index(sample_shards):
 
     @pipeline_def(batch_size=12, num_threads=1, device_id=None)
     def pipe():
-        jpegs, labels = fn.readers.webdataset(paths=ds.urls("val"), index_paths=ds.index_paths("val"),
-                                              ext=["jpg", "lbl"], dtypes=[types.UINT8, types.INT32])
+        jpegs, labels = fn.readers.webdataset(
+            paths=ds.urls("val"),
+            index_paths=ds.index_paths("val"),
+            ext=["jpg", "lbl"],
+            dtypes=[types.UINT8, types.INT32],
+        )
         return fn.decoders.image(jpegs, device="cpu"), labels
 
     p = pipe()
@@ -74,7 +81,7 @@ def test_timm_info_json(sample_shards):
         entry = info["splits"][split]
         assert entry["name"] == split and entry["num_samples"] == ds.count(split)
         assert [os.path.join(sample_shards, f) for f in entry["filenames"]] == ds.urls(split)
-        for path, length in zip(entry["filenames"], entry["shard_lengths"]):
+        for path, length in zip(entry["filenames"], entry["shard_lengths"], strict=True):
             with tarfile.open(os.path.join(sample_shards, path)) as tar:
                 assert sum(m.name.endswith(".cls") for m in tar) == length
 
@@ -85,8 +92,9 @@ def test_hugging_face_datasets_webdataset_loader(sample_shards, tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     ds = shards.open(sample_shards)
-    hf = datasets.load_dataset("webdataset", data_files={"validation": ds.urls("val")}, split="validation",
-                               cache_dir=str(tmp_path))
+    hf = datasets.load_dataset(
+        "webdataset", data_files={"validation": ds.urls("val")}, split="validation", cache_dir=str(tmp_path)
+    )
     assert hf.num_rows == 48
     labels = expected_labels(sample_shards, "val")
     for row in hf:

@@ -1,12 +1,14 @@
 """Input discovery: ImageFolder, flat val + labels (Kaggle CSV or 'filename wnid'), ILSVRC tarballs."""
+
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from shards.errors import UserError
 from shards.demo_data import make_sample_tree
+from shards.errors import UserError
 from shards.sources import find_splits, read_val_labels
 
 SMALL = dict(num_classes=3, train_per_class=3, val_per_class=2, seed=1)
@@ -15,8 +17,10 @@ SMALL = dict(num_classes=3, train_per_class=3, val_per_class=2, seed=1)
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
     base = tmp_path_factory.mktemp("layouts")
-    return {layout: make_sample_tree(str(base / layout), layout=layout, **SMALL)
-            for layout in ("folders", "flat-val", "tars")}
+    return {
+        layout: make_sample_tree(str(base / layout), layout=layout, **SMALL)
+        for layout in ("folders", "flat-val", "tars")
+    }
 
 
 def summary(found):
@@ -27,7 +31,7 @@ def test_all_layouts_find_the_same_images_and_labels(trees):
     folders = summary(find_splits(trees["folders"], None, None))
     assert len(folders["train"]) == 9 and len(folders["val"]) == 6
     assert summary(find_splits(trees["flat-val"], None, None)) == folders  # LOC_val_solution.csv found beside
-    assert summary(find_splits(trees["tars"], None, None)) == folders      # dir holding ILSVRC2012_img_*.tar
+    assert summary(find_splits(trees["tars"], None, None)) == folders  # dir holding ILSVRC2012_img_*.tar
 
 
 def test_archive_members_are_read_in_place_byte_for_byte(trees):
@@ -60,15 +64,18 @@ def test_label_file_formats(tmp_path):
         read_val_labels(str(bad))
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing", "does not exist"),
-    ("empty", "is empty"),
-    ("train_level", "point --src at its parent"),
-    ("no_labels", "need labels"),
-    ("unknown_image", "names 1 images that are not in"),
-    ("unlabelled_image", "have no label"),
-    ("gzip", "not an uncompressed tar"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("train_level", "point --src at its parent"),
+        ("no_labels", "need labels"),
+        ("unknown_image", "names 1 images that are not in"),
+        ("unlabelled_image", "have no label"),
+        ("gzip", "not an uncompressed tar"),
+    ],
+)
 def test_wrong_sources_are_clear_user_errors(trees, tmp_path, case, words):
     flat = trees["flat-val"]
     src, labels = str(tmp_path / "nothing"), None
@@ -83,10 +90,10 @@ def test_wrong_sources_are_clear_user_errors(trees, tmp_path, case, words):
             os.link(os.path.join(flat, "val", name), os.path.join(src, "val", name))
     elif case in ("unknown_image", "unlabelled_image"):
         src, labels = flat, str(tmp_path / "labels.txt")
-        lines = open(os.path.join(flat, "LOC_val_solution.csv")).read().splitlines()[1:]
+        lines = Path(os.path.join(flat, "LOC_val_solution.csv")).read_text().splitlines()[1:]
         rows = [f"{line.split(',')[0]}.JPEG {line.split(',')[1].split()[0]}" for line in lines]
         rows = rows + ["ILSVRC2012_val_09999999.JPEG n01440764"] if case == "unknown_image" else rows[1:]
-        open(labels, "w").write("\n".join(rows) + "\n")
+        Path(labels).write_text("\n".join(rows) + "\n")
     elif case == "gzip":
         src = str(tmp_path / "ILSVRC2012_img_val.tar.gz")
         with tarfile.open(src, "w:gz") as tar:

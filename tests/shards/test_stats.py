@@ -1,16 +1,17 @@
 """Statistics: exact partial-sum merges, and agreement with plain NumPy over the decoded training pixels."""
+
 import io
 import json
 import os
 import shutil
 
+import hard_cases as hc
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 import cli
-import hard_cases as hc
 import shards
 from shards.stats import PixelSums, finalize
 

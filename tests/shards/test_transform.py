@@ -1,13 +1,23 @@
 """The image transform: every kind of input becomes the right 256x256 RGB image, or a clear skip reason."""
+
 import io
 
+import hard_cases as hc
 import numpy as np
 import pytest
 from PIL import Image
 
-import hard_cases as hc
-from shards.transform import (BadImage, center_crop, decode_rgb, encode_jpeg, open_image, resize_and_center_crop,
-                              resize_shorter_side, to_rgb, transform)
+from shards.transform import (
+    BadImage,
+    center_crop,
+    decode_rgb,
+    encode_jpeg,
+    open_image,
+    resize_and_center_crop,
+    resize_shorter_side,
+    to_rgb,
+    transform,
+)
 
 
 def reference(image: Image.Image, size=256) -> np.ndarray:
@@ -19,12 +29,23 @@ def mean_abs(a, b) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
 
 
-@pytest.mark.parametrize("size, tolerance", [
-    # where the two-step geometry is exact (integral crop offset), both give the same pixels
-    ((768, 512), 0.6), ((300, 600), 0.6), ((128, 64), 0.6), ((256, 256), 0.6), ((512, 512), 0.6),
-    # elsewhere the two-step crop is off-centre by the rounding of its offset (< 1 px); one step is exact
-    ((320, 240), 6.0), ((240, 320), 6.0), ((700, 300), 6.0), ((100, 60), 6.0), ((24, 18), 6.0),
-])
+@pytest.mark.parametrize(
+    "size, tolerance",
+    [
+        # where the two-step geometry is exact (integral crop offset), both give the same pixels
+        ((768, 512), 0.6),
+        ((300, 600), 0.6),
+        ((128, 64), 0.6),
+        ((256, 256), 0.6),
+        ((512, 512), 0.6),
+        # elsewhere the two-step crop is off-centre by the rounding of its offset (< 1 px); one step is exact
+        ((320, 240), 6.0),
+        ((240, 320), 6.0),
+        ((700, 300), 6.0),
+        ((100, 60), 6.0),
+        ((24, 18), 6.0),
+    ],
+)
 def test_one_step_resize_crop_against_the_two_step_reference(size, tolerance):
     image = hc.photo(size)
     out = resize_and_center_crop(np.asarray(image), 256)

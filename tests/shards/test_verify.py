@@ -1,4 +1,5 @@
 """`verify` names each truncated, missing, extra or altered shard and exits non-zero; intact -> exit 0."""
+
 import os
 import shutil
 
@@ -30,14 +31,17 @@ def flip_one_byte(path):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("damage, name, words", [
-    ("truncate", "train/train-000001.tar", "truncated"),
-    ("delete", "val/val-000001.tar", "missing"),
-    ("extra", "train/train-000099.tar", "extra shard"),
-    ("alter", "train/train-000004.tar", "sha256"),
-    ("no_index", "train/train-000000.tar", "index"),
-    ("leftover", "val/val-000000.tar.tmp-77", "unfinished temporary"),
-])
+@pytest.mark.parametrize(
+    "damage, name, words",
+    [
+        ("truncate", "train/train-000001.tar", "truncated"),
+        ("delete", "val/val-000001.tar", "missing"),
+        ("extra", "train/train-000099.tar", "extra shard"),
+        ("alter", "train/train-000004.tar", "sha256"),
+        ("no_index", "train/train-000000.tar", "index"),
+        ("leftover", "val/val-000000.tar.tmp-77", "unfinished temporary"),
+    ],
+)
 def test_each_kind_of_damage_is_named(copy, damage, name, words):
     path = os.path.join(copy, name)
     if damage == "truncate":

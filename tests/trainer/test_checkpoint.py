@@ -1,7 +1,9 @@
 """Checkpoints (trainer/checkpoint.py): atomic write, weights_only load, clear errors, RNG round trip."""
+
 import os
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +15,13 @@ from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_
 
 def test_round_trip_with_weights_only(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
-    state = {"model": {"w": torch.arange(6.0)}, "step": 7, "ranks": [{"loader": {"epoch": 1, "raw": b"\x00\x01"}}],
-             "classes": ["n1", "n2"], "best": float("inf")}
+    state = {
+        "model": {"w": torch.arange(6.0)},
+        "step": 7,
+        "ranks": [{"loader": {"epoch": 1, "raw": b"\x00\x01"}}],
+        "classes": ["n1", "n2"],
+        "best": float("inf"),
+    }
     save_checkpoint(path, state)
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
     back = load_checkpoint(path)
@@ -43,7 +50,7 @@ def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 def test_corrupt_truncated_and_foreign_files_are_user_errors(tmp_path):
     good = str(tmp_path / "good.pt")
     save_checkpoint(good, {"step": 1, "model": {"w": torch.zeros(1000)}})
-    data = open(good, "rb").read()
+    data = Path(good).read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])
     garbage = tmp_path / "garbage.pt"
@@ -53,9 +60,13 @@ def test_corrupt_truncated_and_foreign_files_are_user_errors(tmp_path):
     code = tmp_path / "code.pt"
     with open(code, "wb") as f:
         pickle.dump(os.system, f)  # a pickle that would run code without weights_only
-    for path, message in ((truncated, "not a readable checkpoint"), (garbage, "not a readable checkpoint"),
-                          (foreign, "not an AlexNet checkpoint"), (code, "not a readable checkpoint"),
-                          (tmp_path / "missing.pt", "no checkpoint")):
+    for path, message in (
+        (truncated, "not a readable checkpoint"),
+        (garbage, "not a readable checkpoint"),
+        (foreign, "not an AlexNet checkpoint"),
+        (code, "not a readable checkpoint"),
+        (tmp_path / "missing.pt", "no checkpoint"),
+    ):
         with pytest.raises(UserError, match=message):
             load_checkpoint(str(path))
 
@@ -74,4 +85,6 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 
 def test_strip_wrappers():
     assert list(strip_wrappers({"module._orig_mod.features.0.weight": 1, "classifier.1.bias": 2})) == [
-        "features.0.weight", "classifier.1.bias"]
+        "features.0.weight",
+        "classifier.1.bias",
+    ]

@@ -1,4 +1,5 @@
 """Process planning and distributed set-up (trainer/distributed.py) without a GPU."""
+
 import pytest
 import torch
 

@@ -1,6 +1,8 @@
 """The distributed path over gloo (2 CPU processes), exact resume, --resume --lr and the non-finite stop, on
 real images through the real loader."""
+
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +27,17 @@ def config(sample_shards, out, **kw) -> TrainConfig:
 
 def rank_batch(sample_shards, rank, world_size, batch_size):
     """The first training batch the trainer's loader gives this rank (same arguments, same seed)."""
-    loader = pipelines.build_loader(sample_shards, split="train", batch_size=batch_size, device="cpu", rank=rank,
-                                    world_size=world_size, seed=0, mode="train", mean="image")
+    loader = pipelines.build_loader(
+        sample_shards,
+        split="train",
+        batch_size=batch_size,
+        device="cpu",
+        rank=rank,
+        world_size=world_size,
+        seed=0,
+        mode="train",
+        mean="image",
+    )
     return next(iter(loader))
 
 
@@ -52,8 +63,12 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batches(sample
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     one_rank = build_model(8, dropout=0.0)
     one_rank.load_state_dict(initial)
-    train_step(model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4),
-               torch.cat([x0, x1]), torch.cat([y0, y1]))
+    train_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4),
+        torch.cat([x0, x1]),
+        torch.cat([y0, y1]),
+    )
     train_step(one_rank, torch.optim.SGD(one_rank.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4), x0, y0)
     ddp = state["model"]
     assert relative_difference(ddp, model.state_dict(), initial) < 1e-3
@@ -62,9 +77,11 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batches(sample
     # validation inside the 2-rank run counted every image once: same as one process on the same weights
     (val,) = [r for r in read_metrics(str(out)) if r["kind"] == "val"]
     model.load_state_dict(ddp)
-    single = evaluate_loader(model, pipelines.build_loader(sample_shards, split="val", batch_size=16, device="cpu",
-                                                           mode="center", mean="image"),
-                             DistInfo(0, 0, 1, torch.device("cpu")))
+    single = evaluate_loader(
+        model,
+        pipelines.build_loader(sample_shards, split="val", batch_size=16, device="cpu", mode="center", mean="image"),
+        DistInfo(0, 0, 1, torch.device("cpu")),
+    )
     assert single["count"] == 48
     assert (val["top1_err"], val["top5_err"]) == pytest.approx((single["top1_err"], single["top5_err"]))
     assert val["val_loss"] == pytest.approx(single["loss"], rel=1e-4)
@@ -98,7 +115,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(sample_shards, tmp_path, mo
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     losses = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "straight")) if r["kind"] == "train"}
     resumed = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "killed")) if r["kind"] == "train"}
@@ -114,9 +131,9 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(sample_shards
     state = load_checkpoint(str(out / "checkpoint.pt"))
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [5e-5]
     assert state["scheduler"]["base_lrs"] == [5e-5]  # the step schedule divides the new lr from here
-    assert json.load(open(out / "config.json"))["lr"] == 5e-5
+    assert json.loads(Path(out / "config.json").read_text())["lr"] == 5e-5
     launch(config(sample_shards, out, max_steps=3, resume=True, **{**kw, "lr": None}))  # no --lr: keep it
-    assert json.load(open(out / "config.json"))["lr"] == 5e-5
+    assert json.loads(Path(out / "config.json").read_text())["lr"] == 5e-5
     lrs = [(r["step"], r["lr"]) for r in read_metrics(str(out)) if r["kind"] == "train"]
     assert lrs == [(1, LR), (2, 5e-5), (3, 5e-5)]
 
@@ -126,8 +143,25 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(sam
     out = tmp_path / "nan"
     launch(config(sample_shards, out, batch_size=4, max_steps=2))  # a good checkpoint at step 2
     good = load_checkpoint(str(out / "checkpoint.pt"))
-    result = CliRunner().invoke(main, ["train", "--shards", sample_shards, "--out", str(out), "--resume",
-                                       "--lr", "1e6", "--batch-size", "4", "--max-steps", "12", "--log-every", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--shards",
+            sample_shards,
+            "--out",
+            str(out),
+            "--resume",
+            "--lr",
+            "1e6",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "12",
+            "--log-every",
+            "1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     rows = read_metrics(str(out))
     (stop,) = [r for r in rows if r["kind"] == "stop"]

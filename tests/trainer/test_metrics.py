@@ -1,24 +1,30 @@
 """Pure metrics (top-k, 10-crop averaging, error counts), the JSONL log, the LR schedules and the plot."""
+
 import json
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from shards.errors import UserError
-from trainer.schedule import make_scheduler, schedule_step
 from trainer.metrics import MetricsLog, errors_from_counts, read_metrics, ten_crop_probs, topk_correct
 from trainer.plot import plot_run
+from trainer.schedule import make_scheduler, schedule_step
 
 
 def test_topk_by_hand():
-    logits = torch.tensor([[0.1, 0.9, 0.0, 0.3, 0.2, 0.8, 0.7],   # label 1: rank 1
-                           [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],   # label 6: rank 2
-                           [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0],   # label 4: rank 5
-                           [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0],   # label 5: rank 6
-                           [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])  # padding (label -1): not counted
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.3, 0.2, 0.8, 0.7],  # label 1: rank 1
+            [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # label 6: rank 2
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0],  # label 4: rank 5
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0],  # label 5: rank 6
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        ]
+    )  # padding (label -1): not counted
     labels = torch.tensor([1, 6, 4, 5, -1])
     assert topk_correct(logits, labels, (1, 5)).tolist() == [1.0, 3.0]
     assert topk_correct(logits, labels, (1, 2, 3)).tolist() == [1.0, 2.0, 2.0]
@@ -34,8 +40,9 @@ def test_ten_crop_averages_softmax_not_logits():
     torch.manual_seed(0)
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
     views = torch.randn(2, 10, 3, 4, 4)
-    by_hand = torch.stack([torch.stack([linear(views[b, v:v + 1])[0].softmax(0) for v in range(10)]).mean(0)
-                           for b in range(2)])
+    by_hand = torch.stack(
+        [torch.stack([linear(views[b, v : v + 1])[0].softmax(0) for v in range(10)]).mean(0) for b in range(2)]
+    )
     probs = ten_crop_probs(linear, views)
     torch.testing.assert_close(probs, by_hand)
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
@@ -61,8 +68,9 @@ def test_schedules():
 def run_dir(tmp_path):
     log = MetricsLog(str(tmp_path), tensorboard=False)
     for step in range(1, 6):
-        log.write("train", step * 10, epoch=step / 5, loss=3 - step * 0.3, lr=0.01, images_per_s=100.0 + step,
-                  data_wait=0.1)
+        log.write(
+            "train", step * 10, epoch=step / 5, loss=3 - step * 0.3, lr=0.01, images_per_s=100.0 + step, data_wait=0.1
+        )
     log.write("val", 50, epoch=1, epoch_end=True, val_loss=1.2, top1_err=0.6, top5_err=0.2, lr=0.01)
     log.close()
     with open(os.path.join(tmp_path, "metrics.jsonl"), "a") as f:
@@ -73,8 +81,16 @@ def run_dir(tmp_path):
 def test_jsonl_rows(run_dir):
     rows = read_metrics(run_dir)
     assert len(rows) == 6 and rows[0]["kind"] == "train" and rows[0]["step"] == 10
-    assert rows[-1] == {"kind": "val", "step": 50, "epoch": 1, "epoch_end": True, "val_loss": 1.2,
-                        "top1_err": 0.6, "top5_err": 0.2, "lr": 0.01}
+    assert rows[-1] == {
+        "kind": "val",
+        "step": 50,
+        "epoch": 1,
+        "epoch_end": True,
+        "val_loss": 1.2,
+        "top1_err": 0.6,
+        "top5_err": 0.2,
+        "lr": 0.01,
+    }
     assert all(math.isfinite(r["step"]) for r in rows)
     assert json.loads(json.dumps(rows)) == rows  # plain JSON values (no NaN, which would not compare equal)
 
@@ -85,7 +101,7 @@ def test_plot_writes_a_png(run_dir, tmp_path):
 
     path = plot_run(run_dir)
     assert path == os.path.join(run_dir, "curves.png")
-    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"), np.float32)
     assert pixels.shape[1] >= 1000 and pixels.shape[0] >= 300  # three panels side by side

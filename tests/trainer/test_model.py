@@ -1,4 +1,5 @@
 """AlexNet (trainer/model.py): shapes, parameter counts, the paper's initialisation and LRN."""
+
 import pytest
 import torch
 
@@ -14,8 +15,16 @@ def fc(cin, cout):
 
 
 def expected_params(num_classes, groups):
-    return (conv(3, 96, 11) + conv(96, 256, 5, groups) + conv(256, 384, 3) + conv(384, 384, 3, groups)
-            + conv(384, 256, 3, groups) + fc(9216, 4096) + fc(4096, 4096) + fc(4096, num_classes))
+    return (
+        conv(3, 96, 11)
+        + conv(96, 256, 5, groups)
+        + conv(256, 384, 3)
+        + conv(384, 384, 3, groups)
+        + conv(384, 256, 3, groups)
+        + fc(9216, 4096)
+        + fc(4096, 4096)
+        + fc(4096, num_classes)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +71,7 @@ def paper_lrn(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
     channels = a.shape[1]
     for i in range(channels):
         lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
-        out[:, i] = a[:, i] / (k + alpha * (a[:, lo:hi + 1] ** 2).sum(dim=1)) ** beta
+        out[:, i] = a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(dim=1)) ** beta
     return out
 
 

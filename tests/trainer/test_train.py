@@ -4,19 +4,21 @@ AlexNet steps are slow on a CPU (~1 s at batch 4-8), so every test takes few ste
 short run is shared. The paper's lr 0.01 is for batches of 128 over 1000 classes; with 8 classes and batches
 of 4-8 it overshoots (each class's output weights get a large share of the gradient), so tests use 1e-4.
 """
+
 import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from servers import ROOT
 
 import pipelines
 import shards
 from cli import main
-from servers import ROOT
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import DistInfo
 from trainer.evaluate import evaluate_loader
@@ -30,13 +32,13 @@ CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 def val_loader(sample_shards, batch_size, mode="center"):
     """What the trainer and `eval` read: the validation split, the paper's mean image subtracted."""
-    return pipelines.build_loader(sample_shards, split="val", batch_size=batch_size, device="cpu", mode=mode,
-                                  mean="image")
+    return pipelines.build_loader(
+        sample_shards, split="val", batch_size=batch_size, device="cpu", mode=mode, mean="image"
+    )
 
 
 def config(sample_shards, out, **kw) -> TrainConfig:
-    return TrainConfig(**{"shards": sample_shards, "out": str(out), "lr": LR, "log_every": 1, "progress": False,
-                          **kw})
+    return TrainConfig(**{"shards": sample_shards, "out": str(out), "lr": LR, "log_every": 1, "progress": False, **kw})
 
 
 def paper_sgd(model, lr=LR):
@@ -68,7 +70,7 @@ def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
     (val,) = [r for r in rows if r["kind"] == "val"]
     assert val["step"] == 8 and not val["epoch_end"]
     assert val["val_loss"] < before["loss"], (before, val)
-    saved = json.load(open(f"{short_run}/config.json"))
+    saved = json.loads(Path(f"{short_run}/config.json").read_text())
     assert saved["mean"] == "image" and saved["lr"] == LR and saved["global_batch"] == 8 and saved["num_classes"] == 8
     pipeline = saved["pipeline"]  # the loader settings the run really used
     assert (pipeline["train"]["mode"], pipeline["val"]["mode"]) == ("train", "center")
@@ -78,8 +80,13 @@ def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
 
 @pytest.mark.slow
 def test_overfits_a_tiny_batch(sample_shards):
-    images, labels = next(iter(pipelines.build_loader(sample_shards, split="train", batch_size=4, device="cpu",
-                                                      mode="center", mean="image")))
+    images, labels = next(
+        iter(
+            pipelines.build_loader(
+                sample_shards, split="train", batch_size=4, device="cpu", mode="center", mean="image"
+            )
+        )
+    )
     torch.manual_seed(0)
     model = build_model(8, dropout=0.0)
     optimizer = paper_sgd(model, lr=6e-4)
@@ -96,8 +103,10 @@ def hand_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, floa
 @pytest.mark.slow
 def test_eval_matches_a_hand_computation(short_run, sample_shards):
     checkpoint = f"{short_run}/checkpoint.pt"
-    result = CliRunner().invoke(main, ["eval", "--shards", sample_shards, "--checkpoint", checkpoint, "--gpus", "0",
-                                       "--batch-size", "16", "--json"])
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--shards", sample_shards, "--checkpoint", checkpoint, "--gpus", "0", "--batch-size", "16", "--json"],
+    )
     assert result.exit_code == 0, result.output
     got = json.loads(result.output.strip().splitlines()[-1])
     model = load_model(checkpoint)
@@ -152,10 +161,31 @@ def test_train_off_a_terminal_prints_plain_lines_without_redraws(sample_shards, 
     """Output redirected to a file (a batch job's log): no progress-bar redraws, the periodic step lines."""
     log = tmp_path / "train.log"
     with open(log, "wb") as f:
-        done = subprocess.run([sys.executable, "cli.py", "train", "--shards", sample_shards, "--out", str(tmp_path / "run"),
-                               "--gpus", "0", "--batch-size", "4", "--max-steps", "3", "--log-every", "1", "--lr", "1e-4"],
-                              cwd=ROOT, stdout=f, stderr=f,
-                              timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "cli.py",
+                "train",
+                "--shards",
+                sample_shards,
+                "--out",
+                str(tmp_path / "run"),
+                "--gpus",
+                "0",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "3",
+                "--log-every",
+                "1",
+                "--lr",
+                "1e-4",
+            ],
+            cwd=ROOT,
+            stdout=f,
+            stderr=f,
+            timeout=300,
+        )
     text = log.read_bytes().decode()
     assert done.returncode == 0, text
     assert "\r" not in text and "\x1b[" not in text  # no carriage-return redraws, no cursor movement
@@ -173,12 +203,27 @@ def test_plot_of_a_real_run(short_run):
 def test_gpu_run_bf16_channels_last(sample_shards, tmp_path):
     """--gpus 1: NCCL-free single GPU, bf16 autocast, channels_last, cudnn.benchmark; then eval on the GPU."""
     out = tmp_path / "gpu"
-    launch(TrainConfig(shards=sample_shards, out=str(out), gpus=1, batch_size=32, lr=LR, max_steps=4, log_every=2,
-                       progress=False))
+    launch(
+        TrainConfig(
+            shards=sample_shards, out=str(out), gpus=1, batch_size=32, lr=LR, max_steps=4, log_every=2, progress=False
+        )
+    )
     state = load_checkpoint(str(out / "checkpoint.pt"))
     assert state["step"] == 4 and state["config"]["device"] == "cuda"
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    result = CliRunner().invoke(main, ["eval", "--shards", sample_shards, "--checkpoint", str(out / "checkpoint.pt"),
-                                       "--gpus", "1", "--ten-crop", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--shards",
+            sample_shards,
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--gpus",
+            "1",
+            "--ten-crop",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["count"] == 48

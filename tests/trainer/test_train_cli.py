@@ -1,4 +1,5 @@
 """Bad flags of `train`, `eval`, `plot` and `bench train` end as one clear line and exit code 2 (CliRunner)."""
+
 import os
 
 import pytest
@@ -71,8 +72,9 @@ def test_bench_train_reports_model_alone_and_end_to_end(sample_shards, tmp_path)
     import cli
 
     out = tmp_path / "train.json"
-    result = CliRunner().invoke(cli.main, ["bench", "train", "--shards", sample_shards, "--batch-size", "2",
-                                           "--steps", "1", "--json", str(out)])
+    result = CliRunner().invoke(
+        cli.main, ["bench", "train", "--shards", sample_shards, "--batch-size", "2", "--steps", "1", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "model alone" in result.output and "end to end" in result.output and "limited by" in result.output
     report = json.loads(out.read_text())
@@ -80,7 +82,8 @@ def test_bench_train_reports_model_alone_and_end_to_end(sample_shards, tmp_path)
     assert 0 <= report["end_to_end_data_wait_share"] <= 1
     assert 2.2 < report["gflop_per_image_forward"] < 2.3 and report["model_alone_mfu"] is None  # no CPU peak
     assert report["model_alone_tflops"] == pytest.approx(
-        report["model_alone_images_per_s"] * report["gflop_per_image_train_step"] / 1e3)
+        report["model_alone_images_per_s"] * report["gflop_per_image_train_step"] / 1e3
+    )
 
 
 @pytest.mark.parametrize("arch,groups", [("alexnet", 1), ("alexnet-2012", 2)])
@@ -88,8 +91,13 @@ def test_flops_per_image_match_the_layer_table(arch, groups):
     """FlopCounterMode's count against 2 x multiply-adds of every conv and FC layer written out (1000 classes)."""
     from bench.train import flops_per_image
 
-    convs = [(3, 96, 11, 55, 1), (96, 256, 5, 27, groups), (256, 384, 3, 13, 1), (384, 384, 3, 13, groups),
-             (384, 256, 3, 13, groups)]  # (in, out, kernel, output side, groups)
+    convs = [
+        (3, 96, 11, 55, 1),
+        (96, 256, 5, 27, groups),
+        (256, 384, 3, 13, 1),
+        (384, 384, 3, 13, groups),
+        (384, 256, 3, 13, groups),
+    ]  # (in, out, kernel, output side, groups)
     forward = sum(2 * cout * cin // g * k * k * side * side for cin, cout, k, side, g in convs)
     forward += sum(2 * cin * cout for cin, cout in ((9216, 4096), (4096, 4096), (4096, 1000)))
     counted, train_step = flops_per_image(arch, 1000)
