@@ -33,6 +33,37 @@ def user_errors(fn):
     return wrapper
 
 
+def cache_options(fn):
+    """--cache-dir, --cache-limit and --fetch-concurrency of a command that reads shards (shards.cache.CacheConfig),
+    handed over as `cache=CacheConfig(...)`."""
+    from shards.cache import CacheConfig
+
+    @click.option(
+        "--cache-dir",
+        default=None,
+        help="Shards on a store (s3://, gs://) stream through a cache here, one folder per URL "
+        "[default: $XDG_CACHE_HOME/alexnet-wds/shards, else ~/.cache/...].",
+    )
+    @click.option(
+        "--cache-limit",
+        default=None,
+        metavar="SIZE",
+        help="Bytes the cache may hold (200GB, 500MiB, ...) [default: the dataset, at most 80% of the disk].",
+    )
+    @click.option(
+        "--fetch-concurrency",
+        type=int,
+        default=CacheConfig.fetch_concurrency,
+        show_default=True,
+        help="Shard downloads in flight per process.",
+    )
+    @functools.wraps(fn)
+    def wrapper(cache_dir, cache_limit, fetch_concurrency, **options):
+        return fn(cache=CacheConfig(cache_dir, cache_limit, fetch_concurrency), **options)
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
     """ImageNet -> 256x256 WebDataset shards -> DALI pipeline -> AlexNet (Krizhevsky et al. 2012)."""
@@ -157,6 +188,7 @@ def stage(**options):
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log lines/JSONL rows.")
 @click.option("--backend", type=click.Choice(["nccl", "gloo"]), default=None, help="Default: nccl on GPUs, else gloo.")
 @click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
+@cache_options
 @user_errors
 def train(**options):
     """Train AlexNet on the shards (single process, --gpus N, --procs N or under torchrun)."""
@@ -174,6 +206,7 @@ def train(**options):
 @click.option("--procs", type=int, default=None, help="N CPU processes over gloo.")
 @click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as JSON.")
+@cache_options
 @user_errors
 def evaluate(**options):
     """Top-1/top-5 error of a checkpoint on the validation split."""
@@ -188,12 +221,13 @@ def evaluate(**options):
 @click.option("--out", default="preview.png", show_default=True)
 @click.option("--n", "count", type=int, default=32, show_default=True, help="Number of crops in the grid.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@cache_options
 @user_errors
-def preview(shards, out, count, seed):
+def preview(shards, out, count, seed, cache):
     """Write a grid of augmented training crops with their labels (what the network sees)."""
     from pipelines.preview import write_preview
 
-    click.echo(f"wrote {write_preview(shards, out, count=count, seed=seed)}")
+    click.echo(f"wrote {write_preview(shards, out, count=count, seed=seed, cache=cache)}")
 
 
 @main.command()
@@ -266,6 +300,7 @@ def bench_shard(workers, **options):
     "--baseline/--no-baseline", default=True, show_default=True, help="Also time webdataset + DataLoader + NumPy."
 )
 @click.option("--json", "json_out", type=click.Path(), default=None)
+@cache_options
 @user_errors
 def bench_loader(**options):
     """Images/s of the DALI loader against webdataset + DataLoader with the reference augmentations."""

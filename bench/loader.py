@@ -8,7 +8,10 @@ measured span.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -17,6 +20,8 @@ import torch
 import shards
 from pipelines import reference
 from pipelines.loader import build_loader, resolve_device
+from shards import io as store
+from shards.cache import CacheConfig
 from shards.errors import UserError
 
 from .timing import endless, report_rates, sync
@@ -35,36 +40,31 @@ def bench_loader(
     hw_decoder_load: float | None = None,
     baseline: bool = True,
     warmup: int = WARMUP_BATCHES,
+    cache: CacheConfig | None = None,
 ) -> dict:
     """workers: DALI threads and DataLoader workers (default: all cores). hw_decoder_load: the share of JPEGs
-    for the GPU's hardware decoder (--device cuda; None: the loader's default). baseline=False: DALI only."""
+    for the GPU's hardware decoder (--device cuda; None: the loader's default). baseline=False: DALI only.
+    A URL: the store streamed with a cold and then a warm cache against a local copy (see `bench_stream`)."""
     workers = workers or os.cpu_count() or 1
     if batches < 1 or batch_size < 1 or workers < 1:
         raise UserError("--batches, --batch-size and --workers must be at least 1")
     if hw_decoder_load is not None and not 0 <= hw_decoder_load <= 1:
         raise UserError(f"--hw-decoder-load must lie in [0, 1] (got {hw_decoder_load})")
     dev = resolve_device(device)  # a clear error when cuda is asked for and absent
-    dali = build_loader(
-        shards,
-        split="train",
-        batch_size=batch_size,
-        device=dev,
-        num_threads=workers,
-        mean=mean,
-        hw_decoder_load=hw_decoder_load,
-    )
-    dali_s = time_batches(endless(dali), batches, warmup, dev)
+    options = dict(batch_size=batch_size, device=dev, num_threads=workers, mean=mean, hw_decoder_load=hw_decoder_load)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({workers} threads/workers)"
-    result = {
-        "device": name,
-        "batch_size": batch_size,
-        "batches": batches,
-        "warmup_batches": warmup,
-        "workers": workers,
-        "mean": mean,
-        "hw_decoder_load": dali.cfg.hw_decoder_load,
-        "dali_images_per_s": batches * batch_size / dali_s,
-    }
+    title = (
+        f"bench loader: training pipeline, batch {batch_size}, {batches} timed batches after {warmup} warm-up, "
+        f"{name}, mean {mean}"
+    )
+    result = {"device": name, "batch_size": batch_size, "batches": batches, "warmup_batches": warmup}
+    result.update(workers=workers, mean=mean)
+    if store.is_url(shards):
+        return bench_stream(shards, options, batches, warmup, cache or CacheConfig(), title, result, json_out)
+    dali = build_loader(shards, split="train", **options)
+    if dev.type == "cuda":
+        title += f", hw_decoder_load {dali.cfg.hw_decoder_load}"
+    result.update(hw_decoder_load=dali.cfg.hw_decoder_load, dali_images_per_s=rate(dali, batches, warmup, dev))
     rows = [("DALI (pipelines.build_loader)", result["dali_images_per_s"], "")]
     if baseline:
         plain = reference_loader(shards, batch_size, workers, mean)
@@ -72,14 +72,64 @@ def bench_loader(
         result["reference_images_per_s"] = batches * batch_size / ref_s
         result["speedup"] = result["dali_images_per_s"] / result["reference_images_per_s"]
         rows.append(("reference (webdataset + DataLoader + NumPy)", result["reference_images_per_s"], ""))
-    return report_rates(
-        f"bench loader: training pipeline, batch {batch_size}, {batches} timed batches after {warmup} warm-up, "
-        f"{name}, mean {mean}" + (f", hw_decoder_load {dali.cfg.hw_decoder_load}" if dev.type == "cuda" else ""),
-        rows,
-        [f"speedup {result['speedup']:.2f}x"] if baseline else [],
-        result,
-        json_out,
-    )
+    return report_rates(title, rows, [f"speedup {result['speedup']:.2f}x"] if baseline else [], result, json_out)
+
+
+def bench_stream(
+    url: str, options: dict, batches: int, warmup: int, cache: CacheConfig, title: str, result: dict, json_out
+) -> dict:
+    """The same loader three times in one run: over a local copy of the store's shards (staged first, untimed),
+    streaming from the store into an empty cache (cold), and again from the filled cache (warm). Requests are what
+    this process sent to the store while each loader was built and read (retries included where the store's
+    library reports them: S3), per image delivered."""
+    from shards.stage import stage
+
+    work = tempfile.mkdtemp(prefix="bench-loader-", dir=cache.cache_dir)
+    try:
+        local = os.path.join(work, "local-copy")
+        stage(url, local)
+        cached = dataclasses.replace(cache, cache_dir=os.path.join(work, "cache"))
+        images = (warmup + batches) * options["batch_size"]
+        result["local_images_per_s"] = rate(
+            build_loader(local, split="train", **options), batches, warmup, options["device"]
+        )
+        for run in ("cold", "warm"):
+            sent = store.request_counter(url)
+            loader = build_loader(url, split="train", cache=cached, **options)
+            result[f"{run}_images_per_s"] = rate(loader, batches, warmup, options["device"])
+            stats = loader.window.cache.stats
+            requests = sent() if sent else stats.requests
+            result[f"{run}_requests"], result[f"{run}_bytes_fetched"] = requests, stats.bytes
+            result[f"{run}_requests_per_image"] = requests / images
+            loader.close()
+            loader.window.cache.stats = type(stats)()  # the warm run counts its own
+        result.update(
+            requests_per_image=result["cold_requests_per_image"],
+            bytes_fetched=result["cold_bytes_fetched"],
+            cold_vs_local=result["cold_images_per_s"] / result["local_images_per_s"],
+            warm_vs_local=result["warm_images_per_s"] / result["local_images_per_s"],
+            cache_limit=loader.window.cache.limit,
+            fetch_concurrency=cache.fetch_concurrency,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [
+        ("local copy (staged, read in place)", result["local_images_per_s"], ""),
+        ("store, cold cache", result["cold_images_per_s"], f"   {result['cold_vs_local']:.2f}x local"),
+        ("store, warm cache", result["warm_images_per_s"], f"   {result['warm_vs_local']:.2f}x local"),
+    ]
+    footer = [
+        f"cold: {result['cold_requests']} requests for {images} images ({result['cold_requests_per_image']:.4f} per "
+        f"image), {result['cold_bytes_fetched'] / 1e6:,.1f} MB fetched",
+        f"warm: {result['warm_requests']} requests ({result['warm_requests_per_image']:.4f} per image), "
+        f"{result['warm_bytes_fetched'] / 1e6:,.1f} MB fetched",
+    ]
+    return report_rates(f"{title}, {url}", rows, footer, result, json_out)
+
+
+def rate(loader, batches: int, warmup: int, device) -> float:
+    """Images/s of `batches` batches after `warmup` untimed ones."""
+    return batches * loader.batch_size / time_batches(endless(loader), batches, warmup, device)
 
 
 def time_batches(batches_iter, batches: int, warmup: int, device: torch.device) -> float:

@@ -1,6 +1,7 @@
 """The AlexNet input pipeline as a DALI graph (Krizhevsky et al. 2012, Sec. 2 and 4.1), defined once for CPU and GPU.
 
-Stages, each one small function: read (jpg + int32 label) -> decode -> views (random crop + flip + lighting for
+Stages, each one small function: the batch from `pipelines.source` (JPEG bytes, labels, random view
+parameters) -> decode -> views (random crop + flip + lighting for
 training; centre crop; ten crops) -> mean subtraction and layout, fused into `fn.crop_mirror_normalize`.
 Layout: CHW on the CPU; HWC on the GPU, which the loader hands out as a channels_last NCHW view
 (`permute(0, 3, 1, 2)`, no copy).
@@ -12,78 +13,57 @@ from __future__ import annotations
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from shards import format as fmt
-
 from .config import PipelineConfig
-from .shard_files import SplitFiles
 
-READER = "reader"
 OUTPUTS = ("images", "labels")
 PARAM_OUTPUTS = ("crop_x", "crop_y", "mirror", "alpha")  # with_params, train mode: the random draws per image
 META_BYTES = 512  # with_params: the sample's json component, space-padded to a fixed size (a batch is one tensor)
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16: cast by torch
 
 
-@pipeline_def(enable_checkpointing=True)
-def alexnet_pipeline(
-    files: SplitFiles, cfg: PipelineConfig, norm: dict, rank: int, world_size: int, gpu: bool, with_params: bool = False
-):
-    """One graph for every mode and device; `norm` holds mean/std/lighting constants (see `normalization`)."""
-    jpegs, labels, meta = read_samples(files, cfg, rank, world_size, with_params)
-    images = decode(jpegs, cfg, gpu)
+@pipeline_def
+def alexnet_pipeline(source, cfg: PipelineConfig, norm: dict, gpu: bool, with_params: bool = False):
+    """One graph for every mode and device. `source` (pipelines.source.BatchSource) hands over each batch's
+    encoded JPEGs, labels and random view parameters; `norm` holds the mean/std/lighting constants."""
+    names = source_outputs(cfg, with_params)
+    batch = dict(zip(names, fn.external_source(source, num_outputs=len(names), batch=True, no_copy=True), strict=True))
+    images = decode(batch["jpegs"], cfg, gpu)
     if norm["mean_image"] is not None:
         # Sec. 2: the mean image is subtracted before cropping, so every window sees its own part of the mean.
-        # (One fused uint8 - float op. Cropping the mean image with the same draws and subtracting it after the
-        # crop was slower on the CPU: 3-4% in `bench loader`, 3-14% in the pipeline alone - it adds two float
-        # passes over the window, and on a GPU more memory traffic per image than this op.)
+        # (One fused uint8 - float op; cropping the mean image with the same draws and subtracting after the crop
+        # adds two float passes over the window: measured slower, see docs/benchmarks.md.)
         images = images - types.Constant(norm["mean_image"], device=images.device)  # uint8 - float32 -> float32
     layout = "HWC" if gpu else "CHW"
     if cfg.mode == "train":
-        crop_x, crop_y, mirror, alpha = random_view_params(cfg, files.image_size)
-        out = crop_normalize(
-            images, cfg, norm, layout, crop_x, crop_y, mirror, lighting_offset(alpha, norm["lighting"])
-        )
-        params = (crop_x, crop_y, mirror, alpha) if with_params else ()
+        offset = lighting_offset(batch["alpha"], norm["lighting"])
+        out = crop_normalize(images, cfg, norm, layout, batch["crop_x"], batch["crop_y"], batch["mirror"], offset)
     elif cfg.mode == "center":
-        out, params = crop_normalize(images, cfg, norm, layout, 0.5, 0.5, 0), ()
+        out = crop_normalize(images, cfg, norm, layout, 0.5, 0.5, 0)
     else:
-        out, params = ten_crop_normalize(images, cfg, norm, layout), ()
-    return (out, labels.gpu() if gpu else labels, *((meta,) if with_params else ()), *params)
+        out = ten_crop_normalize(images, cfg, norm, layout)
+    labels = batch["labels"]
+    return (out, labels.gpu() if gpu else labels, *(batch[name] for name in names[2:] if with_params))
 
 
-def read_samples(files: SplitFiles, cfg: PipelineConfig, rank: int, world_size: int, with_meta: bool = False):
-    """Raw JPEG bytes, int64 labels (and the json metadata) of this rank's part of the split.
+def source_outputs(cfg: PipelineConfig, with_meta: bool) -> tuple[str, ...]:
+    """What the source hands over per batch, in this order (see pipelines.source.BatchSource)."""
+    return ("jpegs", "labels") + (PARAM_OUTPUTS if cfg.mode == "train" else ()) + (("meta",) if with_meta else ())
 
-    The label comes from the 4-byte `.lbl` component: DALI reads the ASCII `.cls` as ragged bytes.
-    pad_last_batch=True: the reader's epoch ends on a batch boundary (the loader masks or drops the pad), so
-    loader epochs and reader epochs stay aligned. Training shuffles through a seeded buffer and moves each rank
-    to the next part every epoch (stick_to_shard=False); evaluation reads its part in order, every epoch the same.
+
+def draw_views(rng: np.random.Generator, count: int, cfg: PipelineConfig, image_size: int) -> list[np.ndarray]:
+    """Sec. 4.1: a uniformly random crop window, a mirror with p=0.5, and alpha ~ N(0, sigma^2) per component.
+
+    crop_pos k/n with n = image - crop puts the window's corner exactly at pixel k (DALI rounds k/n * n), so each
+    of the n+1 offsets is equally likely. Drawn here, per batch from a seeded generator, rather than by DALI's
+    random operators: a batch is then a pure function of (seed, rank, epoch, batch), which is what makes a resume
+    exact without DALI's pipeline checkpoints.
     """
-    exts = [fmt.IMAGE_EXT, fmt.LABEL_I32_EXT] + [fmt.META_EXT] * with_meta
-    dtypes = [types.UINT8, types.INT32, types.UINT8]
-    jpegs, labels, *meta = fn.readers.webdataset(
-        paths=list(files.urls),
-        index_paths=list(files.index_paths),
-        ext=exts,
-        dtypes=dtypes[: len(exts)],
-        missing_component_behavior="error",
-        name=READER,
-        shard_id=rank,
-        num_shards=world_size,
-        pad_last_batch=True,
-        random_shuffle=not cfg.evaluation and cfg.shuffle_buffer > 1,
-        initial_fill=max(cfg.shuffle_buffer, 1),
-        stick_to_shard=cfg.evaluation,
-    )
-    labels = fn.cast(fn.reshape(labels, shape=[]), dtype=types.INT64)
-    if not meta:
-        return jpegs, labels, None
-    # ragged json bytes -> a fixed size, so that a batch converts to one tensor
-    return (
-        jpegs,
-        labels,
-        fn.slice(meta[0], start=[0], shape=[META_BYTES], axes=[0], out_of_bounds_policy="pad", fill_values=32),
-    )
+    n = max(image_size - cfg.crop, 1)
+    crop_x = (rng.integers(0, n + 1, count) / n).astype(np.float32)
+    crop_y = (rng.integers(0, n + 1, count) / n).astype(np.float32)
+    mirror = (rng.random(count) < cfg.flip_prob).astype(np.int32)
+    alpha = (rng.normal(0.0, 1.0, (count, 3)) * cfg.lighting_std).astype(np.float32)  # lighting_std 0: off
+    return [crop_x, crop_y, mirror, alpha]
 
 
 def decode(jpegs, cfg: PipelineConfig, gpu: bool):
@@ -100,23 +80,6 @@ def decode(jpegs, cfg: PipelineConfig, gpu: bool):
             jpeg_fancy_upsampling=True,
         )
     return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-
-
-def random_view_params(cfg: PipelineConfig, image_size: int):
-    """Sec. 4.1: a uniformly random crop window, a mirror with p=0.5, and alpha ~ N(0, sigma^2) per component.
-
-    crop_pos k/n with n = image - crop puts the window's corner exactly at pixel k (DALI rounds k/n * n), so
-    each of the n+1 offsets is equally likely; a continuous U(0,1) would halve the odds of the two edges.
-    """
-    n = max(image_size - cfg.crop, 1)
-    offsets = [k / n for k in range(n + 1)]
-    crop_x = fn.random.uniform(values=offsets)
-    crop_y = fn.random.uniform(values=offsets)
-    mirror = fn.random.coin_flip(probability=cfg.flip_prob)
-    alpha = fn.random.normal(shape=[3], stddev=cfg.lighting_std if cfg.lighting_std > 0 else 1.0)
-    if cfg.lighting_std == 0:  # lighting off; the draw stays so the RNG streams do not shift
-        alpha = alpha * 0.0
-    return crop_x, crop_y, mirror, alpha
 
 
 def lighting_offset(alpha, lighting: np.ndarray):

@@ -13,7 +13,7 @@ from .loader import build_loader
 from .reference import denormalize
 
 
-def write_preview(shards_dir: str, out: str, count: int = 32, seed: int = 0, columns: int = 8) -> str:
+def write_preview(shards_dir: str, out: str, count: int = 32, seed: int = 0, columns: int = 8, cache=None) -> str:
     """Run the training pipeline on the CPU, undo the normalisation, and save a labelled grid PNG."""
     from shards.errors import UserError
 
@@ -30,6 +30,7 @@ def write_preview(shards_dir: str, out: str, count: int = 32, seed: int = 0, col
         seed=seed,
         with_params=True,
         shuffle_buffer=min(1024, ds.count("train")),
+        cache=cache,
     )
     images, labels, params = next(iter(loader))
     mean_image = ds.mean_image()

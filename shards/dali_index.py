@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 VERSION = (1, 2)
 
 
@@ -55,6 +57,28 @@ class Index:
         """How many samples list component `ext` (a fast text count: `ext` starts a line or follows a space)."""
         text = "\n" + "\n".join(self.lines)
         return text.count(f" {ext} ") + text.count(f"\n{ext} ")
+
+
+def component_table(index: Index, exts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """{ext: int64 array [samples, 2] of (offset, size)} for the components `exts` ((0, 0) where a sample lacks one).
+    Vectorised for an index whose samples all list their components in the same order (every index this project
+    writes); any other index is read sample by sample."""
+    stride = 4 if index.version >= (1, 2) else 3
+    n = len(index.lines)
+    fields = " ".join(index.lines).split()
+    width = len(index.lines[0].split()) if n else 0
+    table = np.array(fields, dtype=object).reshape(n, width) if n and len(fields) == n * width else None
+    columns = {table[0, i]: i for i in range(0, width - stride + 1, stride)} if table is not None else {}
+    uniform = table is not None and all((table[:, i] == ext).all() for ext, i in columns.items())
+    out = {}
+    for ext in exts:
+        if uniform:
+            i = columns.get(ext)
+            out[ext] = table[:, i + 1 : i + 3].astype(np.int64) if i is not None else np.zeros((n, 2), np.int64)
+        else:
+            found = [index.sample(k).get(ext) for k in range(n)]
+            out[ext] = np.array([(c.offset, c.size) if c else (0, 0) for c in found], np.int64).reshape(n, 2)
+    return out
 
 
 class NotAnIndex(ValueError):

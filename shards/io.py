@@ -81,6 +81,22 @@ def filesystem(url: str):
         raise UserError(f"{url}: {e}") from None
 
 
+def request_counter(url: str):
+    """A function returning how many HTTP requests this process has sent to the store of `url` since this call,
+    retries included; None where the fsspec backend offers no hook (S3 does: botocore's before-send event)."""
+    fs, _ = filesystem(url)
+    client = getattr(fs, "s3", None)  # s3fs: the aiobotocore client (connects on first use)
+    if client is None:
+        return None
+    sent = [0]
+
+    def count(**_):
+        sent[0] += 1
+
+    client.meta.events.register("before-send.s3", count)
+    return lambda: sent[0]
+
+
 def isfile(path: str) -> bool:
     if not is_url(path):
         return os.path.isfile(path)

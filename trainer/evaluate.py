@@ -8,11 +8,12 @@ With `--ten-crop` the softmax of the 10 views (4 corners + centre, and their mir
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from shards.cache import CacheConfig
 from shards.errors import UserError
 from shards.format import DEFAULT_SHARDS
 
@@ -33,6 +34,7 @@ class EvalConfig:
     gpus: int | None = None
     procs: int | None = None
     workers: int | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
     as_json: bool = False
 
 
@@ -92,6 +94,7 @@ def evaluate(cfg: EvalConfig, info: DistInfo) -> dict:
         rank=info.rank,
         world_size=info.world_size,
         num_threads=cfg.workers,
+        cache=cfg.cache,
         mode="ten_crop" if cfg.ten_crop else "center",
         mean=state["config"]["mean"],
     )

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from shards.cache import CacheConfig
 from shards.errors import UserError
 from shards.format import DEFAULT_SHARDS
 
@@ -69,6 +70,7 @@ class TrainConfig:
     checkpoint_minutes: float = 30.0
     log_every: int = 50  # steps between human lines / JSONL rows (the only host syncs)
     workers: int | None = None  # loader threads per process (None: the loader's default)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # shards on a store: the node-local cache
     progress: bool = True  # a progress bar on a terminal (never when stderr is not a TTY)
 
 
@@ -136,6 +138,7 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
         mean=cfg.mean,
         num_threads=cfg.workers,
         batch_size=cfg.batch_size,
+        cache=cfg.cache,
     )
     train_loader = pipelines.build_loader(cfg.shards, split="train", mode="train", **loader_kw)
     val_loader = pipelines.build_loader(cfg.shards, split="val", mode="center", **loader_kw)

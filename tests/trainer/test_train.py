@@ -60,16 +60,15 @@ def short_run(sample_shards, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_few_steps_decrease_the_loss(short_run, sample_shards):
-    torch.manual_seed(0)  # the trainer's initial weights (seed 0)
-    before = evaluate_loader(build_model(8), val_loader(sample_shards, 16), CPU)
+def test_a_short_run_logs_and_checkpoints(short_run, sample_shards):
+    """(Learning itself: the overfitting test below. Eight steps over different batches of this tiny set move the
+    validation loss up or down by chance, whatever the seed.)"""
     rows = read_metrics(short_run)
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == list(range(1, 9))
     assert all(r["loss"] > 0 and r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in train_rows)
     (val,) = [r for r in rows if r["kind"] == "val"]
-    assert val["step"] == 8 and not val["epoch_end"]
-    assert val["val_loss"] < before["loss"], (before, val)
+    assert val["step"] == 8 and not val["epoch_end"] and val["val_loss"] > 0
     saved = json.loads(Path(f"{short_run}/config.json").read_text())
     assert saved["mean"] == "image" and saved["lr"] == LR and saved["global_batch"] == 8 and saved["num_classes"] == 8
     pipeline = saved["pipeline"]  # the loader settings the run really used

@@ -1,0 +1,309 @@
+"""A node-local cache of whole shard objects from an object store, each checked against its sha256 before use.
+
+Readers never touch the store per sample: `ShardCache.pin(entry)` fetches the shard's tar whole (one GET, or a few
+large ranged GETs for a big object) into `FOLDER/<sha256>.tar`, checks its sha256 against the manifest, and only then
+renames it into place. A name without `.part` is therefore a verified shard: a killed run leaves at most a
+`<sha256>.part`, which is never read and is overwritten or evicted later.
+
+Sharing between processes (the ranks of one node), with `fcntl.flock` on small lock files beside each shard:
+- `<sha256>.use`: every process that holds a pin on the shard has it locked shared; eviction needs it exclusive
+  (non-blocking), so a pinned shard is never deleted under a reader;
+- `<sha256>.fetch`: exclusive while one process downloads; a second process waits for it and then finds the shard,
+  so no shard is downloaded twice on a node;
+- `.lock`: exclusive while a process counts the folder, evicts, and reserves room for a download (the `.part` is
+  created at its full size at once), so the folder never exceeds the limit, whatever the processes do.
+Lock files are never deleted: deleting one while another process opens it would split the lock in two.
+
+Eviction takes unpinned shards, least recently pinned first. Each loader pins at most `limit / (2 x processes on
+the node)` bytes (its current batch and the shards fetched ahead of it; two loaders, train and val, per process), so
+the pins of all ranks together always fit and no rank waits on room another rank holds while both wait for each
+other in a collective.
+
+Transfers, credentials and retries are fsspec's (s3fs: botocore's retry policy for 503 SlowDown/500/timeouts and
+s3fs's for dropped connections and cut bodies). This module adds what they cannot see: a body of the wrong length
+or with the wrong sha256 is fetched again, a few times, with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from . import io as store
+from .errors import UserError
+
+CHUNK = 64 << 20  # objects above this come in parallel ranged GETs of this size
+ATTEMPTS = 3  # downloads of one object whose bytes come back wrong (length or sha256) before giving up
+ROOM_TIMEOUT = 600.0  # seconds a download waits for room that other processes hold pinned
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Where and how much of a shard directory on a store is kept on this node (the `--cache-*` options)."""
+
+    cache_dir: str | None = None  # None: $XDG_CACHE_HOME/alexnet-wds/shards (default ~/.cache); one folder per URL
+    cache_limit: str | int | None = None  # bytes, or "200GB"/"500MiB"; None: the dataset, at most 80% of the disk
+    fetch_concurrency: int = 8  # shard downloads in flight per process
+
+
+@dataclass
+class CacheStats:
+    """What this process fetched: for `bench loader` and the tests."""
+
+    fetched: int = 0  # shards downloaded
+    hits: int = 0  # pins served from the folder
+    bytes: int = 0  # bytes downloaded (every attempt)
+    requests: int = 0  # GETs this module issued (the library's own retries come on top)
+    refetched: int = 0  # downloads repeated because the bytes were wrong
+    evicted: int = 0
+
+
+class Pin:
+    """A shard held in the cache for as long as this object is open: `path` is a verified local file."""
+
+    def __init__(self, path: str, size: int, lock_fd: int):
+        self.path, self.size, self._fd = path, size, lock_fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the shared flock
+            self._fd = None
+
+
+class ShardCache:
+    """The cached shards of one dataset URL in one local folder, shared by every process of the node."""
+
+    def __init__(self, root: str, folder: str, limit: int):
+        self.root, self.folder, self.limit = root, folder, int(limit)
+        self.stats = CacheStats()
+        self._stats_lock = threading.Lock()
+        os.makedirs(folder, exist_ok=True)
+
+    # ------------------------------------------------------------------------------------------- pin
+    def pin(self, url: str, size: int, sha256: str) -> Pin:
+        """Block until the shard at `url` is in the folder and verified, and hold it there until released."""
+        path = os.path.join(self.folder, f"{sha256}.tar")
+        fd = _lock_fd(path[:-4] + ".use")
+        fcntl.flock(fd, fcntl.LOCK_SH)  # from now on no process evicts it
+        try:
+            if _has(path, size):
+                self._count(hits=1)
+            else:
+                with _locked(path[:-4] + ".fetch"):
+                    if _has(path, size):  # another rank of this node fetched it while we waited
+                        self._count(hits=1)
+                    else:
+                        self._fetch(url, path, size, sha256)
+            os.utime(path)  # least recently pinned is evicted first
+        except BaseException:
+            os.close(fd)
+            raise
+        return Pin(path, size, fd)
+
+    def _fetch(self, url: str, path: str, size: int, sha256: str) -> None:
+        part = path[:-4] + ".part"
+        self._reserve(part, size)
+        try:
+            for attempt in range(1, ATTEMPTS + 1):
+                problem = self._download(url, part, size, sha256)
+                if problem is None:
+                    os.replace(part, path)
+                    self._count(fetched=1)
+                    return
+                if attempt < ATTEMPTS:
+                    self._count(refetched=1)
+                    time.sleep(random.uniform(0.5, 1.0) * 2 ** (attempt - 1))  # backoff with jitter
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)
+            raise
+        os.remove(part)
+        shards = store.dirname(store.dirname(url))
+        raise UserError(
+            f"{url}: {problem} in {ATTEMPTS} downloads: the object on the store is damaged; no sample of it was "
+            f"used. Find every damaged shard with `cli.py verify --shards {shards}`"
+        )
+
+    def _download(self, url: str, part: str, size: int, sha256: str) -> str | None:
+        """Write the object into `part`; None when its length and sha256 are right, else what is wrong."""
+        fs, path = store.filesystem(url)
+        ranges = [(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)] or [(0, 0)]
+        digest, received = hashlib.sha256(), 0
+        with open(part, "r+b") as out:
+            for group in range(0, len(ranges), 4):  # at most 4 ranges (256 MiB) in memory at once
+                batch = ranges[group : group + 4]
+                self._count(requests=len(batch))
+                try:
+                    pieces = fs.cat_ranges([path] * len(batch), [a for a, _ in batch], [b for _, b in batch])
+                except Exception as e:  # noqa: BLE001 - every failure of the store becomes one clear line
+                    raise UserError(store_error(url, e)) from None
+                for (start, end), data in zip(batch, pieces, strict=True):
+                    if isinstance(data, Exception):
+                        raise UserError(store_error(url, data)) from None
+                    received += len(data)
+                    self._count(bytes=len(data))
+                    if len(data) != end - start:
+                        return f"{len(data)} of {end - start} bytes of a range arrived (a short body)"
+                    digest.update(data)
+                    out.write(data)
+            out.flush()
+        if received != size:
+            return f"{received} of {size} bytes arrived"
+        if digest.hexdigest() != sha256:
+            return "sha256 differs from the manifest"
+        return None
+
+    # ------------------------------------------------------------------------------------------- room
+    def _reserve(self, part: str, size: int) -> None:
+        """Evict unpinned shards until `size` more bytes fit under the limit, then create `part` at that size."""
+        deadline = time.monotonic() + ROOM_TIMEOUT
+        while True:
+            with _locked(os.path.join(self.folder, ".lock")):
+                used = self._evict_until(self.limit - size)
+                if used + size <= self.limit:
+                    with open(part, "wb") as f:
+                        f.truncate(size)  # counts at its full size from now on
+                    return
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"the shard cache {self.folder} is full: {used / 1e9:.2f} GB of its {self.limit / 1e9:.2f} GB "
+                    "limit are held by running readers: raise --cache-limit, or give every process on this node "
+                    "the same --cache-limit"
+                )
+            time.sleep(0.5)
+
+    def _evict_until(self, target: int) -> int:
+        """Under the folder lock: delete unpinned shards (oldest pin first) and stale parts until the folder holds
+        at most `target` bytes, or nothing more can go. Returns the bytes it holds then."""
+        files = {e.name: e for e in os.scandir(self.folder) if e.name.endswith((".tar", ".part"))}
+        used = sum(e.stat().st_size for e in files.values())
+        by_age = sorted(files.values(), key=lambda e: (e.name.endswith(".tar"), e.stat().st_mtime))
+        for entry in by_age:  # parts first: a part with a free .fetch lock was left by a killed process
+            if used <= target:
+                break
+            stem = entry.path.rsplit(".", 1)[0]
+            lock = stem + (".use" if entry.name.endswith(".tar") else ".fetch")
+            fd = _lock_fd(lock)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # pinned by a reader, or being downloaded
+            try:
+                used -= entry.stat().st_size
+                os.remove(entry.path)
+                self._count(evicted=1)
+            finally:
+                os.close(fd)
+        return used
+
+    def used(self) -> int:
+        """Bytes of the folder's shards and parts (what the limit bounds)."""
+        return sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith((".tar", ".part")))
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+
+def store_error(url: str, e: BaseException) -> str:
+    """One line naming the object and the cause, in the store's own words (after the library's retries)."""
+    words = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    chain = f"{type(e).__name__} {e} {e.__cause__ or ''}"
+    if isinstance(e, FileNotFoundError):
+        return f"{url} is missing on the store ({words}): run `cli.py verify --shards {_shards(url)}`"
+    if isinstance(e, PermissionError):
+        return f"{url}: permission denied ({words}): check that the credentials may read there"
+    if any(s in chain for s in ("SlowDown", "503", "Throttl", "TooManyRequests", "reduce your request rate")):
+        cause = "throttled by the store (503 SlowDown) after all retries"
+    elif any(s in chain for s in ("InternalError", "500", "ServiceUnavailable")):
+        cause = "the store kept failing (500 InternalError) after all retries"
+    else:
+        cause = "the store is unreachable after all retries"
+    return (
+        f"{url}: {cause}: {words}. The shards are not known to be damaged; rerun the same command "
+        "(more retries: AWS_MAX_ATTEMPTS)"
+    )
+
+
+def _shards(url: str) -> str:
+    return store.dirname(store.dirname(url))
+
+
+def _has(path: str, size: int) -> bool:
+    try:
+        return os.path.getsize(path) == size
+    except FileNotFoundError:
+        return False
+
+
+def _lock_fd(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    fd = _lock_fd(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------- where and how much
+_open: dict[str, ShardCache] = {}  # folder -> the process's cache there (train and val loaders share one)
+
+
+def open_cache(ds, cfg: CacheConfig) -> ShardCache:
+    """The node-local cache of the shard directory `ds` (a shards.ShardSet on a store), one per folder and process."""
+    if cfg.fetch_concurrency < 1:
+        raise UserError(f"--fetch-concurrency must be at least 1 (got {cfg.fetch_concurrency})")
+    folder = os.path.join(os.path.abspath(cfg.cache_dir or store.cache_dir("shards")), dataset_key(ds.root))
+    if folder not in _open:
+        limit = parse_size(cfg.cache_limit)
+        if limit is None:
+            limit = default_limit(folder, sum(int(e["bytes"]) for split in ds.splits for e in ds.shards(split)))
+        try:
+            _open[folder] = ShardCache(ds.root, folder, limit)
+        except OSError as e:
+            raise UserError(f"cannot use {folder} as the shard cache ({e.strerror}): choose --cache-dir") from None
+    return _open[folder]
+
+
+def dataset_key(root: str) -> str:
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in root.split("://", 1)[-1].strip("/"))
+    return f"{readable[-80:]}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'200GB', '500MiB', '1.5T', '1000000' -> bytes (decimal units: GB = 1e9; binary: GiB = 2^30)."""
+    if text is None or isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+             "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+    number = s.rstrip("KMGTIB")
+    try:
+        value = float(number) * units[s[len(number) :]]
+    except (ValueError, KeyError):
+        raise UserError(
+            f"--cache-limit {text!r} is not a size: write e.g. 200GB, 500MiB or a number of bytes"
+        ) from None
+    if value < 1:
+        raise UserError(f"--cache-limit {text!r} must be positive")
+    return int(value)
+
+
+def default_limit(folder: str, needed: int) -> int:
+    """What the dataset needs, but at most 80% of the space the cache's disk has (free + already cached)."""
+    os.makedirs(folder, exist_ok=True)
+    disk = os.statvfs(folder)
+    cached = sum(e.stat().st_size for e in os.scandir(folder) if e.name.endswith((".tar", ".part")))
+    return min(needed, int(0.8 * (disk.f_bavail * disk.f_frsize + cached)))
