@@ -25,21 +25,20 @@ def stage(shards: str, to: str, workers: int = 8) -> int:
     """Copy the shard directory `shards` (a URL or a path) to `to`; returns the number of bytes fetched."""
     shard_set = ShardSet(shards)
     to = os.path.abspath(to)
-    jobs = []  # (source, destination, size, sha256 or None, size of the source as listed or -1)
+    jobs = []  # (source, destination, size, sha256 or None)
     for split in shard_set.splits:
-        listed = store.list_sizes(store.join(shard_set.root, split))
+        remote_sizes = store.list_sizes(store.join(shard_set.root, split))
         os.makedirs(os.path.join(to, split), exist_ok=True)
         for entry in shard_set.shards(split):
             index = dali_index.index_name(entry["name"])
             for name, size, sha in (
                 (entry["name"], entry["bytes"], entry["sha256"]),
-                (index, listed.get(index, -1), None),
+                (index, remote_sizes.get(index, -1), None),
             ):
-                source, dest = store.join(shard_set.root, split, name), os.path.join(to, split, name)
-                jobs.append((source, dest, size, sha, listed.get(name, -1)))
+                jobs.append((store.join(shard_set.root, split, name), os.path.join(to, split, name), size, sha))
     top = store.list_sizes(shard_set.root)
     jobs += [
-        (store.join(shard_set.root, name), os.path.join(to, name), top[name], None, top[name])
+        (store.join(shard_set.root, name), os.path.join(to, name), top[name], None)
         for name in SIDE_FILES
         if name in top
     ]
@@ -57,20 +56,16 @@ def stage(shards: str, to: str, workers: int = 8) -> int:
     return fetched
 
 
-def _copy(job: tuple[str, str, int, str | None, int]) -> int:
-    source, dest, size, sha, listed = job
+def _copy(job: tuple[str, str, int, str | None]) -> int:
+    source, dest, size, sha = job
     if _intact(dest, size, sha):
         return 0
-    if listed < 0:
-        raise UserError(f"{source} is missing on the store: run `cli.py verify` on it")
     tmp = f"{dest}.tmp-{os.getpid()}"
-
-    def copy(stream) -> None:
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(stream, out, 1 << 22)
-
     try:
-        digest, _ = store.read_through(source, listed, copy)
+        with store.open(source, "rb") as src, open(tmp, "wb") as out:
+            stream = store.HashingReader(src, source)
+            shutil.copyfileobj(stream, out, 1 << 22)
+            digest = stream.drain()  # at the end already: the sha256 of what was copied
         if sha is not None and digest != sha:
             raise UserError(
                 f"{source} does not match its manifest sha256 (damaged on the store): run "
@@ -82,7 +77,7 @@ def _copy(job: tuple[str, str, int, str | None, int]) -> int:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return listed
+    return stream.bytes
 
 
 def _intact(path: str, size: int, sha: str | None) -> bool:

@@ -26,7 +26,15 @@ def check_shard(args: tuple[str, dict]) -> str | None:
         return "missing"
     if size != entry["bytes"]:
         return f"size {size} bytes, manifest says {entry['bytes']} (truncated or altered)"
-    sha256, (images, tar_error) = store.read_through(path, size, _count_images)
+    images, tar_error = 0, None
+    with store.open(path, "rb") as f:
+        stream = store.HashingReader(f, path)  # a store's failure mid-read names the shard
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                images = sum(m.name.endswith("." + fmt.IMAGE_EXT) for m in tar)
+        except tarfile.TarError as e:
+            tar_error = e
+        sha256 = stream.drain()
     if sha256 != entry["sha256"]:
         return "sha256 differs from the manifest (altered)"
     if tar_error is not None:
@@ -42,14 +50,6 @@ def check_shard(args: tuple[str, dict]) -> str | None:
     if problem:
         return f"index {store.basename(index)} does not match the shard: {problem}"
     return None
-
-
-def _count_images(stream) -> tuple[int, tarfile.TarError | None]:
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            return sum(m.name.endswith("." + fmt.IMAGE_EXT) for m in tar), None
-    except tarfile.TarError as e:
-        return 0, e
 
 
 def find_problems(root: str, workers: int = os.cpu_count() or 1) -> list[tuple[str, str]]:

@@ -76,8 +76,9 @@ def faulty_store():
     store.close()
 
 
-def fresh_bucket(endpoint: str, monkeypatch, request, **env: str) -> str:
-    """The standard AWS environment pointing at `endpoint` (and `env`), and a new bucket there: 's3://BUCKET'."""
+def fresh_bucket(endpoint: str, monkeypatch, request, suffix: str = f"-{os.getpid()}", **env: str) -> str:
+    """The standard AWS environment pointing at `endpoint` (and `env`), and a new bucket there: 's3://BUCKET',
+    named after the test (and `suffix`)."""
     import re
 
     import fsspec
@@ -87,7 +88,7 @@ def fresh_bucket(endpoint: str, monkeypatch, request, **env: str) -> str:
     for key, value in {**s3_env(endpoint), **env}.items():
         monkeypatch.setenv(key, value)
     S3FileSystem.clear_instance_cache()  # a cached instance keeps the endpoint of the environment it was made in
-    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid()}"
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + suffix
     fsspec.filesystem("s3", use_listings_cache=False).mkdir(bucket)
     return f"s3://{bucket}"
 
@@ -120,7 +121,8 @@ def faulty_s3(faulty_store, monkeypatch, request):
     from types import SimpleNamespace
 
     faulty_store.configure(latency=0, slowdown=0, internal=0, reset=0, short=0, match="")
-    url = fresh_bucket(faulty_store.endpoint, monkeypatch, request)
+    # the same name in every run: the faults drawn for its keys are the same in every run too
+    url = fresh_bucket(faulty_store.endpoint, monkeypatch, request, suffix="")
     faulty_store.reset_counts()
     return SimpleNamespace(url=url, store=faulty_store)
 
