@@ -139,7 +139,7 @@ def store_words(e: BaseException) -> str:
             words += f" (retried {meta['RetryAttempts']} times)"
         if status == 503 or "Slow" in code or "Throttl" in code:
             return f"{words}; it is throttling: rerun later, or allow more retries (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE)"
-        return f"{words}; rerun the same command"
+        return f"{words}; rerun the same command" if isinstance(status, int) and status >= 500 else words
     if type(e).__name__ == "FlexibleChecksumError":
         return (
             f"{e} (the bytes do not match the checksum the store sent with them); rerun the same command. A store "
