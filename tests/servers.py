@@ -287,7 +287,8 @@ def serve_faulty(port: int, seed: int, **rates: float) -> None:
 
     app = FaultLayer(DomainDispatcherApplication(create_backend_app), seed=seed, **rates)
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # killed, or Ctrl-C when run by hand: end quietly
+        signal.signal(sig, lambda *_: sys.exit(0))
     print(f"http://127.0.0.1:{server.port}", flush=True)
     server.serve_forever()
 
