@@ -26,8 +26,8 @@ def explain(e: BaseException) -> tuple[str, int] | None:
     """(the line for stderr, the exit code) for a failure a user can fix; None for a bug (keep the traceback)."""
     if isinstance(e, UserError):
         return f"error: {e}", 2
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted: finished shards/checkpoints are kept; rerun the same command to continue", 130
+    if isinstance(e, KeyboardInterrupt):  # the command may have said what it kept
+        return str(e) or "interrupted: finished shards/checkpoints are kept; rerun the same command to continue", 130
     if isinstance(e, ModuleNotFoundError):
         package = MISSING_HINTS.get((e.name or "").split(".")[0])
         if package:

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from .errors import UserError
+from .errors import CREDENTIAL_ERRORS, UserError
 
 # the package fsspec needs for a protocol, pinned as in requirements.txt (a bare `pip install s3fs` beside a recent
 # boto3 resolves to s3fs 0.4.2 from 2019)
@@ -70,7 +70,7 @@ def filesystem(url: str):
 
     protocol = url.split("://", 1)[0]
     try:  # no listings cache: other processes (workers, other nodes) write here too
-        return fsspec.core.url_to_fs(url, use_listings_cache=False)
+        fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError:
         package = PROTOCOL_PACKAGES.get(protocol, f"the fsspec implementation of {protocol}://")
         raise UserError(
@@ -79,6 +79,74 @@ def filesystem(url: str):
         ) from None
     except ValueError as e:
         raise UserError(f"{url}: {e}") from None
+    _opened[id(fs)] = fs
+    return fs, path
+
+
+# Fork safety, for every pool (the writer's, verify's, stats') and every forked DataLoader worker, in one place.
+# After a fork fsspec clears its instance cache in the child, so the child opens filesystems of its own on a loop
+# of its own (reset_lock below is fsspec's documented call for that; recent versions also make it themselves).
+# What stays dangerous is the parent's instances: once the cache no longer holds them, the child would
+# garbage-collect them, and s3fs's finalizer would close the parent's aiohttp session from the child: "Task exception
+# was never retrieved ... attached to a different loop", and worse, it takes the parent's pooled sockets out of the
+# epoll set the two processes share, so the parent's next request on them hangs until a timeout. Holding every
+# instance here for the life of the process means a child never closes one (pool processes end with os._exit).
+_opened: dict[int, object] = {}  # by identity: a new instance may equal a cleared one
+
+
+def _after_fork_in_child() -> None:
+    if "fsspec.asyn" in sys.modules:
+        sys.modules["fsspec.asyn"].reset_lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class StoreError(UserError):
+    """An object store failed on one object (after its client's own retries): one line naming the object and
+    saying what the store said. Never a hint to run `verify`: the bytes are not known to be wrong."""
+
+
+NOT_STORE_FAILURES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, UserError)
+STORE_CLIENTS = ("aiohttp", "botocore", "aiobotocore", "s3fs", "gcsfs", "google", "fsspec")
+
+
+@contextlib.contextmanager
+def naming(url: str, doing: str = "reading"):
+    """Re-raise a store's failure on `url` as a StoreError. A missing object (FileNotFoundError), a refusal
+    (PermissionError) and missing credentials keep their meaning: callers and errors.explain handle them."""
+    try:
+        yield
+    except NOT_STORE_FAILURES:
+        raise
+    except Exception as e:
+        client = type(e).__module__.split(".")[0] in STORE_CLIENTS
+        if not (isinstance(e, OSError) or client) or type(e).__name__ in CREDENTIAL_ERRORS:
+            raise
+        raise StoreError(f"{doing} {url} failed: {store_words(e)}") from e
+
+
+def store_words(e: BaseException) -> str:
+    """What the store (or the connection to it) said, and what to do about it."""
+    cause = e.__cause__ or e  # s3fs raises an OSError from botocore's ClientError
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        meta, error = response.get("ResponseMetadata", {}), response["Error"]
+        status, code = meta.get("HTTPStatusCode"), error.get("Code", "")
+        said = " ".join(w for w in (str(status), code if code != str(status) else "") if w)  # a HEAD has no body
+        words = f"the store answered {said}: {error.get('Message', '')}".rstrip(": ")
+        if meta.get("RetryAttempts"):
+            words += f" (retried {meta['RetryAttempts']} times)"
+        if status == 503 or "Slow" in code or "Throttl" in code:
+            return f"{words}; it is throttling: rerun later, or allow more retries (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE)"
+        return f"{words}; rerun the same command" if isinstance(status, int) and status >= 500 else words
+    if type(e).__name__ == "FlexibleChecksumError":
+        return (
+            f"{e} (the bytes do not match the checksum the store sent with them); rerun the same command. A store "
+            "that sends the whole object's checksum with a byte range (rclone serve s3 1.75) needs "
+            "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required"
+        )
+    return f"{type(e).__name__}: {e}; the connection to the store failed: rerun the same command"
 
 
 def request_counter(url: str):
@@ -101,28 +169,36 @@ def isfile(path: str) -> bool:
     if not is_url(path):
         return os.path.isfile(path)
     fs, p = filesystem(path)
-    return fs.isfile(p)
+    with naming(path):  # not fs.isfile: it answers False to any error, and a 503 is not a missing file
+        try:
+            return fs.info(p)["type"] == "file"
+        except FileNotFoundError:
+            return False
 
 
 def isdir(path: str) -> bool:
     if not is_url(path):
         return os.path.isdir(path)
     fs, p = filesystem(path)
-    return fs.isdir(p)
+    with naming(path):
+        return fs.isdir(p)
 
 
 def size(path: str) -> int:
     if not is_url(path):
         return os.path.getsize(path)
     fs, p = filesystem(path)
-    return fs.size(p)
+    with naming(path):
+        return fs.size(p)
 
 
 def open(path: str, mode: str = "rb"):  # noqa: A001 - the file-like counterpart of builtins.open
+    """A file object; on a store, read it through HashingReader(f, path) to have its failures named."""
     if not is_url(path):
         return builtins.open(path, mode)
     fs, p = filesystem(path)
-    return fs.open(p, mode)
+    with naming(path):
+        return fs.open(p, mode)
 
 
 def read_bytes(path: str, start: int | None = None, end: int | None = None) -> bytes:
@@ -134,7 +210,22 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
             f.seek(start)
             return f.read(end - start)
     fs, p = filesystem(path)
-    return fs.cat_file(p, start=start, end=end)
+    with naming(path):
+        data = fs.cat_file(p, start=start, end=end)
+        if start is None or len(data) == end - start:
+            return data
+        # short: a body cut off with a Content-Length to match passes every check but this one (S3 sends no
+        # checksum with a range); once more, then say whether the object is that short or the transfer was
+        data = fs.cat_file(p, start=start, end=end)
+        if len(data) == end - start:
+            return data
+        whole = fs.size(p)
+    if whole < end:
+        raise StoreError(f"{path} has {whole:,} bytes, fewer than the {end:,} expected: it was changed or damaged")
+    raise StoreError(
+        f"reading bytes {start:,}-{end:,} of {path} failed: the store sent {len(data):,} of them, twice (the "
+        "body ended early); rerun the same command"
+    )
 
 
 def read_json(path: str):
@@ -148,13 +239,24 @@ def read_many(paths: list[str]) -> dict[str, bytes]:
     if remote:
         fs, _ = filesystem(remote[0])
         stripped = {fs._strip_protocol(p): p for p in remote}
-        for key, data in fs.cat(list(stripped), on_error="omit").items():
+        with naming(store_root(remote[0])):
+            got = fs.cat(list(stripped), on_error="return")
+        for key, data in got.items():
             if isinstance(data, bytes):
                 found[stripped[key]] = data
+            elif not isinstance(data, FileNotFoundError):
+                with naming(stripped[key]):
+                    raise data
     for path in paths:
         if not is_url(path) and os.path.isfile(path):
             found[path] = read_bytes(path)
     return found
+
+
+def store_root(url: str) -> str:
+    """'s3://bucket' of 's3://bucket/some/key'."""
+    protocol, rest = url.split("://", 1)
+    return f"{protocol}://{rest.split('/', 1)[0]}"
 
 
 def list_sizes(folder: str) -> dict[str, int]:
@@ -164,10 +266,11 @@ def list_sizes(folder: str) -> dict[str, int]:
             return {}
         return {e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}
     fs, p = filesystem(folder)
-    try:
-        entries = fs.ls(p, detail=True, refresh=True)
-    except FileNotFoundError:
-        return {}
+    with naming(folder, "listing"):
+        try:
+            entries = fs.ls(p, detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
     return {posixpath.basename(e["name"]): e["size"] for e in entries if e["type"] == "file"}
 
 
@@ -181,14 +284,16 @@ def list_files(folder: str) -> list[str]:
         return found
     fs, p = filesystem(folder)
     p = p.rstrip("/")
-    return [name[len(p) + 1 :] for name in fs.find(p, withdirs=False)]
+    with naming(folder, "listing"):
+        return [name[len(p) + 1 :] for name in fs.find(p, withdirs=False)]
 
 
 def listdir(folder: str) -> list[str]:
     if not is_url(folder):
         return os.listdir(folder)
     fs, p = filesystem(folder)
-    return [posixpath.basename(name.rstrip("/")) for name in fs.ls(p, detail=False)]
+    with naming(folder, "listing"):
+        return [posixpath.basename(name.rstrip("/")) for name in fs.ls(p, detail=False)]
 
 
 def makedirs(path: str) -> None:
@@ -202,7 +307,7 @@ def remove(path: str) -> None:
             os.remove(path)
         return
     fs, p = filesystem(path)
-    with contextlib.suppress(FileNotFoundError):  # no such bucket (one request: a missing key is no error)
+    with contextlib.suppress(FileNotFoundError), naming(path, "deleting"):  # no such bucket (a missing key: no error)
         fs.rm_file(p)
 
 
@@ -211,7 +316,7 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     fs, p = filesystem(path)
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError), naming(path, "deleting"):
         fs.rm(p, recursive=True)
 
 
@@ -228,7 +333,8 @@ def write_atomically(path: str, data: bytes | str) -> None:
     data = data.encode() if isinstance(data, str) else data
     if is_url(path):
         fs, p = filesystem(path)
-        fs.pipe_file(p, data)
+        with naming(path, "writing"):
+            fs.pipe_file(p, data)
         return
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique across the nodes of a cluster
     try:
@@ -250,13 +356,15 @@ def remove_temporaries(*folders: str) -> None:
 
 
 class HashingReader:
-    """A read-only file object that feeds everything read through sha256: one pass both uses and checks the bytes."""
+    """A read-only file object that feeds everything read through sha256: one pass both uses and checks the bytes.
+    A store's failure while reading is a StoreError naming `path`."""
 
-    def __init__(self, f):
-        self.f, self.digest, self.bytes = f, hashlib.sha256(), 0
+    def __init__(self, f, path: str = ""):
+        self.f, self.path, self.digest, self.bytes = f, path, hashlib.sha256(), 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
+        with naming(self.path) if is_url(self.path) else contextlib.nullcontext():
+            data = self.f.read(n)
         self.digest.update(data)
         self.bytes += len(data)
         return data

@@ -6,27 +6,41 @@ sha256, pixel sums, fingerprints); the driver plans, submits what is not finishe
 
 Failures: a worker that dies mid-task is replaced by Dask, which runs the task again elsewhere (the output is
 deterministic, so unchanged). A driver that dies or is interrupted leaves every committed shard in place for the
-rerun. SRC and OUT must be reachable under the same name from every worker.
+rerun, and says how many that is. SRC and OUT must be reachable under the same name from every worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import signal
+import threading
+import time
 from collections.abc import Callable
 
 from . import io as store
 from .errors import UserError
-from .writer import ShardTask, build_shard
+from .writer import ShardTask, build_shard, finished_records
 
 CONNECT_TIMEOUT = "10s"
 WORKER_WAIT_S = 60
+POLL_S = 0.1  # how often the driver of a cluster run looks for finished tasks and for Ctrl-C
 
 
 def run_tasks(todo: list[ShardTask], workers: int, cluster: str | None, bar) -> list[dict]:
-    """The records of `todo`'s shards, in order; `bar` advances by images as they are done."""
-    if cluster:
-        return run_on_cluster(cluster, build_shard, todo, on_done=lambda task: bar.update(len(task.items)))
-    return run_local(todo, workers, bar)
+    """The records of `todo`'s shards, in order; `bar` advances by images as they are done. Ctrl-C ends it with
+    one line saying how many of these shards are committed and kept."""
+    try:
+        if cluster:
+            return run_on_cluster(cluster, build_shard, todo, on_done=lambda task: bar.update(len(task.items)))
+        return run_local(todo, workers, bar)
+    except KeyboardInterrupt:
+        kept = len(finished_records(todo))
+        running = "; the shards the Dask workers are still writing will be committed too" if cluster else ""
+        raise KeyboardInterrupt(
+            f"interrupted: {kept} of the {len(todo)} {todo[0].split} shards this run had to write are committed "
+            f"and kept{running}; rerun the same command to write the rest"
+        ) from None
 
 
 _progress = None  # in a pool process: the images counter shared with the parent
@@ -61,7 +75,7 @@ def run_local(todo: list[ShardTask], workers: int, bar) -> list[dict]:
         bar.update(counter.value - bar.n)
 
 
-def connect(address: str):
+def connect(address: str, interrupted: threading.Event):
     """A Dask client of the scheduler at `address`; one line saying what to do when it cannot be reached."""
     try:
         from distributed import Client
@@ -76,14 +90,17 @@ def connect(address: str):
             f"cannot reach the Dask scheduler at {address} ({e.__class__.__name__}): start one with "
             f"`dask scheduler` and pass its address (tcp://HOST:8786), or check the address"
         ) from None
-    try:
-        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-    except (OSError, TimeoutError):
-        client.close()
-        raise UserError(
-            f"no Dask worker joined the scheduler at {address} within {WORKER_WAIT_S} s: start "
-            f"`dask worker {address} --nthreads 1` on each node (see README, 'On a cluster')"
-        ) from None
+    deadline = time.monotonic() + WORKER_WAIT_S
+    while not client.scheduler_info(n_workers=1)["workers"]:  # asked again and again: Ctrl-C is seen meanwhile
+        if interrupted.wait(POLL_S):
+            client.close()
+            raise KeyboardInterrupt
+        if time.monotonic() > deadline:
+            client.close()
+            raise UserError(
+                f"no Dask worker joined the scheduler at {address} within {WORKER_WAIT_S} s: start "
+                f"`dask worker {address} --nthreads 1` on each node (see README, 'On a cluster')"
+            )
     return client
 
 
@@ -113,18 +130,39 @@ def run_on_cluster(address: str, fn: Callable, tasks: list, on_done: Callable) -
     """[fn(task) for task in tasks] computed on the cluster, in the order of `tasks`; on_done(task) as each ends."""
     from distributed import as_completed
 
-    client = connect(address)
-    futures = []
+    with deferred_interrupt() as interrupted:
+        client = connect(address, interrupted)
+        futures = []
+        try:
+            check_environment(client, address)
+            futures = [client.submit(fn, task, pure=False) for task in tasks]
+            task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
+            results = {}
+            pending = as_completed(futures, loop=client.loop)
+            while not pending.is_empty():
+                for future in pending.next_batch(block=False):
+                    results[future.key] = future.result()  # re-raises a task's exception (e.g. a full disk)
+                    on_done(task_of[future.key])
+                if interrupted.wait(POLL_S):
+                    raise KeyboardInterrupt
+            return [results[future.key] for future in futures]
+        finally:  # also on Ctrl-C: nothing more is started; running tasks finish and commit their shards
+            if futures:
+                client.cancel(futures)
+            client.close()
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """While a cluster run talks to Dask, Ctrl-C sets an event that the driver checks every POLL_S, instead of
+    raising wherever the main thread is. Raised inside distributed's blocking calls (utils.sync), it makes
+    distributed log a tornado ERROR traceback (its cancel callback reads `future` before it is assigned)."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        check_environment(client, address)
-        futures = [client.submit(fn, task, pure=False) for task in tasks]
-        task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
-        results = {}
-        for future in as_completed(futures, loop=client.loop):
-            results[future.key] = future.result()  # re-raises a task's exception (e.g. a full disk) here
-            on_done(task_of[future.key])
-        return [results[future.key] for future in futures]
-    finally:  # also on Ctrl-C: nothing more is started; running tasks finish and commit their shards
-        if futures:
-            client.cancel(futures)
-        client.close()
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -63,7 +63,7 @@ def _copy(job: tuple[str, str, int, str | None]) -> int:
     tmp = f"{dest}.tmp-{os.getpid()}"
     try:
         with store.open(source, "rb") as src, open(tmp, "wb") as out:
-            stream = store.HashingReader(src)
+            stream = store.HashingReader(src, source)
             shutil.copyfileobj(stream, out, 1 << 22)
             digest = stream.drain()  # at the end already: the sha256 of what was copied
         if sha is not None and digest != sha:

@@ -28,7 +28,7 @@ def check_shard(args: tuple[str, dict]) -> str | None:
         return f"size {size} bytes, manifest says {entry['bytes']} (truncated or altered)"
     images, tar_error = 0, None
     with store.open(path, "rb") as f:
-        stream = store.HashingReader(f)
+        stream = store.HashingReader(f, path)  # a store's failure mid-read names the shard
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 images = sum(m.name.endswith("." + fmt.IMAGE_EXT) for m in tar)
