@@ -27,6 +27,7 @@ import torch
 
 import shards
 from shards import cache as shard_cache
+from shards import io as store
 from shards.errors import UserError
 
 from .augment import OUTPUTS, alexnet_pipeline, normalization, source_outputs
@@ -68,12 +69,13 @@ def build_loader(
             f"batch_size={batch_size}, rank={rank}, world_size={world_size}: need batch_size >= 1 "
             "and 0 <= rank < world_size"
         )
-    files = split_files(root, split)
+    ds = shards.open(root)
+    store_cache = shard_cache.open_cache(ds, cache or shard_cache.CacheConfig()) if store.is_url(ds.root) else None
+    files = split_files(root, split, store_cache.folder if store_cache else None)
     if files.count < world_size:
         raise UserError(f"{world_size} ranks but the '{split}' split has only {files.count} images: use fewer ranks")
     if cfg.crop > files.image_size:
         raise UserError(f"crop={cfg.crop} is larger than the {files.image_size}x{files.image_size} images of {root}")
-    ds = shards.open(root)
     mean_image = ds.mean_image() if cfg.mean == "image" else None
     if mean_image is not None and mean_image.shape != (files.image_size, files.image_size, 3):
         raise UserError(
@@ -82,28 +84,27 @@ def build_loader(
         )
     norm = normalization(cfg, ds.stats, mean_image)
     plan = EpochPlan(files.shard_counts, batch_size, rank, world_size, seed, cfg.evaluation, cfg.shuffle_buffer)
-    cache = cache or shard_cache.CacheConfig()
-    window = open_window(files, plan, ds, cache)
+    window = open_window(files, plan, ds, store_cache, (cache or shard_cache.CacheConfig()).fetch_concurrency)
     loader = DaliLoader(files, cfg, norm, plan, window, device, with_params)
     if state is not None:
         loader.load_state_dict(state)
     return loader
 
 
-def open_window(files: SplitFiles, plan: EpochPlan, ds, cache: shard_cache.CacheConfig) -> ShardWindow:
+def open_window(files: SplitFiles, plan: EpochPlan, ds, store_cache, concurrency: int) -> ShardWindow:
     """The loader's shard window: in place for a local directory; through the node's cache for a store."""
-    if not files.remote:
+    if store_cache is None:
         return ShardWindow(files, plan, None, 0, 1)
-    store_cache = shard_cache.open_cache(ds, cache)
-    budget = loader_budget(store_cache.limit)
-    need = plan.max_shards_per_batch() * max(int(e["bytes"]) for e in files.entries)
+    budget = loader_budget(store_cache.limit, shard_cache.dataset_bytes(ds))
+    need = min(plan.max_shards_per_batch() * max(int(e["bytes"]) for e in files.entries), files.bytes)
     if need > budget:
+        size = shard_cache.format_size
         raise UserError(
-            f"--cache-limit {store_cache.limit / 1e9:.2f} GB is too small for {files.root}: each loader must hold "
-            f"{need / 1e9:.2f} GB of shards at once (a train and a val loader per process on this node): "
-            f"use at least --cache-limit {store_cache.limit * need // budget / 1e9 + 0.01:.2f}GB"
+            f"--cache-limit {size(store_cache.limit)} is too small for {files.root}: each loader must hold "
+            f"{size(need)} of shards at once, and a train and a val loader per process on this node share the "
+            f"limit: use at least --cache-limit {size(-(-store_cache.limit * need // budget))}"
         )
-    return ShardWindow(files, plan, store_cache, budget, cache.fetch_concurrency)
+    return ShardWindow(files, plan, store_cache, budget, concurrency)
 
 
 def resolve_device(device) -> torch.device:

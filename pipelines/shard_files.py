@@ -36,15 +36,19 @@ class SplitFiles:
         return sum(self.shard_counts)
 
     @property
+    def bytes(self) -> int:
+        return sum(int(e["bytes"]) for e in self.entries)
+
+    @property
     def remote(self) -> bool:
         return store.is_url(self.root)
 
 
-def split_files(root: str, split: str) -> SplitFiles:
+def split_files(root: str, split: str, index_cache: str | None = None) -> SplitFiles:  # index_cache: for a store
     """The split's shards from the manifest, every one with a readable .idx that lists jpg and lbl per sample.
 
-    The small .idx files of shards on an object store are fetched once (concurrently) into a local cache, named by
-    the shard's sha256 so a rewritten shard never meets a stale index."""
+    The small .idx files of shards on an object store are fetched once (concurrently) into the folder
+    `index_cache` (the shard cache's), named by the shard's sha256 so a rewritten shard never meets a stale index."""
     ds = shards.open(root)
     entries = [e for e in ds.shards(split) if e["count"] > 0]  # nothing to read in an empty tar: leave it out
     if not entries:
@@ -64,16 +68,15 @@ def split_files(root: str, split: str) -> SplitFiles:
             )
     indexes = [dali_index.index_name(url) for url in urls]
     if store.is_url(ds.root):
-        indexes = _local_indexes(indexes, entries)
+        indexes = _local_indexes(indexes, entries, index_cache)
     for url, index, entry in zip(urls, indexes, entries, strict=True):
         check_shard_files(url, index, entry["count"])
     size = int(ds.manifest.get("params", {}).get("size", 256))
     return SplitFiles(ds.root, split, tuple(urls), tuple(indexes), tuple(entries), size)
 
 
-def _local_indexes(urls: list[str], entries: list[dict]) -> list[str]:
+def _local_indexes(urls: list[str], entries: list[dict], folder: str) -> list[str]:
     """Local copies of the .idx objects, named by their shard's sha256; the missing ones in one concurrent batch."""
-    folder = store.cache_dir("idx")
     paths = [os.path.join(folder, e["sha256"] + ".idx") for e in entries]
     missing = {url: path for url, path in zip(urls, paths, strict=True) if not os.path.isfile(path)}
     if missing:

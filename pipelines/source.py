@@ -293,7 +293,10 @@ class BatchSource:
         return None
 
 
-def loader_budget(limit: int) -> int:
-    """Bytes one loader may pin: a share of the limit such that the ranks on this node, with a train and a val
-    loader each, always fit together (the launcher's LOCAL_WORLD_SIZE; 1 outside one)."""
+def loader_budget(limit: int, dataset_bytes: int) -> int:
+    """Bytes one loader may pin. All of the limit when the whole dataset fits (nothing is ever evicted); else a share
+    such that the ranks on this node, with a train and a val loader each, always fit together (the launcher's
+    LOCAL_WORLD_SIZE; 1 outside one): no rank then waits for room that a rank waiting for it in a collective holds."""
+    if dataset_bytes <= limit:
+        return limit
     return limit // (2 * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))

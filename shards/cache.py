@@ -20,8 +20,9 @@ the pins of all ranks together always fit and no rank waits on room another rank
 other in a collective.
 
 Transfers, credentials and retries are fsspec's (s3fs: botocore's retry policy for 503 SlowDown/500/timeouts and
-s3fs's for dropped connections and cut bodies). This module adds what they cannot see: a body of the wrong length
-or with the wrong sha256 is fetched again, a few times, with exponential backoff and jitter.
+s3fs's for dropped connections and cut bodies); a failure they give up on is one line naming the object
+(`shards.io.naming`). This module adds what they cannot see: a body of the wrong length or with the wrong sha256 is
+fetched again, a few times, with exponential backoff and jitter; if it stays wrong, the object is damaged.
 """
 
 from __future__ import annotations
@@ -126,37 +127,40 @@ class ShardCache:
         os.remove(part)
         shards = store.dirname(store.dirname(url))
         raise UserError(
-            f"{url}: {problem} in {ATTEMPTS} downloads: the object on the store is damaged; no sample of it was "
-            f"used. Find every damaged shard with `cli.py verify --shards {shards}`"
+            f"{url}: {problem}, in each of {ATTEMPTS} downloads: the object on the store is damaged, and no sample "
+            f"of it was used. Find every damaged shard with `cli.py verify --shards {shards}`"
         )
 
     def _download(self, url: str, part: str, size: int, sha256: str) -> str | None:
-        """Write the object into `part`; None when its length and sha256 are right, else what is wrong."""
+        """Write the object into `part`; None when its length and sha256 are right, else what is wrong. One GET of
+        the whole object (the store's own checksum of it is checked too, where it sends one), or for an object
+        above CHUNK a few ranged GETs in parallel."""
         fs, path = store.filesystem(url)
-        ranges = [(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)] or [(0, 0)]
+        ranges = [(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)]
         digest, received = hashlib.sha256(), 0
         with open(part, "r+b") as out:
             for group in range(0, len(ranges), 4):  # at most 4 ranges (256 MiB) in memory at once
                 batch = ranges[group : group + 4]
                 self._count(requests=len(batch))
-                try:
-                    pieces = fs.cat_ranges([path] * len(batch), [a for a, _ in batch], [b for _, b in batch])
-                except Exception as e:  # noqa: BLE001 - every failure of the store becomes one clear line
-                    raise UserError(store_error(url, e)) from None
+                with store.naming(url):
+                    if len(ranges) == 1:
+                        pieces = [fs.cat_file(path, **store.one_get(fs))]
+                    else:
+                        pieces = fs.cat_ranges([path] * len(batch), [a for a, _ in batch], [b for _, b in batch])
                 for (start, end), data in zip(batch, pieces, strict=True):
                     if isinstance(data, Exception):
-                        raise UserError(store_error(url, data)) from None
+                        with store.naming(url):
+                            raise data
                     received += len(data)
                     self._count(bytes=len(data))
                     if len(data) != end - start:
-                        return f"{len(data)} of {end - start} bytes of a range arrived (a short body)"
+                        return f"{received:,} of {size:,} bytes arrived (a body cut short)"
                     digest.update(data)
                     out.write(data)
-            out.flush()
         if received != size:
-            return f"{received} of {size} bytes arrived"
+            return f"{received:,} bytes arrived, the manifest says {size:,}"
         if digest.hexdigest() != sha256:
-            return "sha256 differs from the manifest"
+            return "the sha256 differs from the manifest"
         return None
 
     # ------------------------------------------------------------------------------------------- room
@@ -172,7 +176,7 @@ class ShardCache:
                     return
             if time.monotonic() > deadline:
                 raise UserError(
-                    f"the shard cache {self.folder} is full: {used / 1e9:.2f} GB of its {self.limit / 1e9:.2f} GB "
+                    f"the shard cache {self.folder} is full: {format_size(used)} of its {format_size(self.limit)} "
                     "limit are held by running readers: raise --cache-limit, or give every process on this node "
                     "the same --cache-limit"
                 )
@@ -212,30 +216,6 @@ class ShardCache:
                 setattr(self.stats, name, getattr(self.stats, name) + delta)
 
 
-def store_error(url: str, e: BaseException) -> str:
-    """One line naming the object and the cause, in the store's own words (after the library's retries)."""
-    words = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    chain = f"{type(e).__name__} {e} {e.__cause__ or ''}"
-    if isinstance(e, FileNotFoundError):
-        return f"{url} is missing on the store ({words}): run `cli.py verify --shards {_shards(url)}`"
-    if isinstance(e, PermissionError):
-        return f"{url}: permission denied ({words}): check that the credentials may read there"
-    if any(s in chain for s in ("SlowDown", "503", "Throttl", "TooManyRequests", "reduce your request rate")):
-        cause = "throttled by the store (503 SlowDown) after all retries"
-    elif any(s in chain for s in ("InternalError", "500", "ServiceUnavailable")):
-        cause = "the store kept failing (500 InternalError) after all retries"
-    else:
-        cause = "the store is unreachable after all retries"
-    return (
-        f"{url}: {cause}: {words}. The shards are not known to be damaged; rerun the same command "
-        "(more retries: AWS_MAX_ATTEMPTS)"
-    )
-
-
-def _shards(url: str) -> str:
-    return store.dirname(store.dirname(url))
-
-
 def _has(path: str, size: int) -> bool:
     try:
         return os.path.getsize(path) == size
@@ -269,7 +249,7 @@ def open_cache(ds, cfg: CacheConfig) -> ShardCache:
     if folder not in _open:
         limit = parse_size(cfg.cache_limit)
         if limit is None:
-            limit = default_limit(folder, sum(int(e["bytes"]) for split in ds.splits for e in ds.shards(split)))
+            limit = default_limit(folder, dataset_bytes(ds))
         try:
             _open[folder] = ShardCache(ds.root, folder, limit)
         except OSError as e:
@@ -280,6 +260,13 @@ def open_cache(ds, cfg: CacheConfig) -> ShardCache:
 def dataset_key(root: str) -> str:
     readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in root.split("://", 1)[-1].strip("/"))
     return f"{readable[-80:]}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+
+
+def format_size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -299,6 +286,11 @@ def parse_size(text: str | int | None) -> int | None:
     if value < 1:
         raise UserError(f"--cache-limit {text!r} must be positive")
     return int(value)
+
+
+def dataset_bytes(ds) -> int:
+    """The bytes of every shard of the shard directory (a shards.ShardSet)."""
+    return sum(int(e["bytes"]) for split in ds.splits for e in ds.shards(split))
 
 
 def default_limit(folder: str, needed: int) -> int:

@@ -240,7 +240,7 @@ def read_many(paths: list[str]) -> dict[str, bytes]:
         fs, _ = filesystem(remote[0])
         stripped = {fs._strip_protocol(p): p for p in remote}
         with naming(store_root(remote[0])):
-            got = fs.cat(list(stripped), on_error="return")
+            got = fs.cat(list(stripped), on_error="return", **one_get(fs))
         for key, data in got.items():
             if isinstance(data, bytes):
                 found[stripped[key]] = data
@@ -251,6 +251,14 @@ def read_many(paths: list[str]) -> dict[str, bytes]:
         if not is_url(path) and os.path.isfile(path):
             found[path] = read_bytes(path)
     return found
+
+
+def one_get(fs) -> dict:
+    """The keywords that make a whole-object read one GET. s3fs sends a HEAD first, to choose parallel ranged GETs
+    for objects above its block size (max_concurrency > 1); ours are below it, or ranged by the caller."""
+    import inspect
+
+    return {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
 
 
 def store_root(url: str) -> str:

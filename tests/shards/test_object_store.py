@@ -217,8 +217,9 @@ def test_train_and_eval_read_from_s3(sample_shards, s3, tmp_path):
     train = ["train", "--shards", out, "--out", run, "--gpus", "0", "--batch-size", "8", "--max-steps", "2"]
     run_clean("cli.py", *train, "--log-every", "1", "--lr", "0.001", **cache)
     assert os.path.isfile(tmp_path / "run" / "checkpoint.pt")
-    cached = os.listdir(tmp_path / "cache" / "alexnet-wds" / "idx")  # the .idx files, fetched once, by sha256
-    assert len(cached) == 7  # 5 train + 2 val shards (the run evaluates at its end)
+    (folder,) = (tmp_path / "cache" / "alexnet-wds" / "shards").iterdir()  # the one dataset's shard cache
+    cached = sorted(p.suffix for p in folder.iterdir() if p.suffix in (".tar", ".idx"))  # fetched once, by sha256
+    assert cached == [".idx"] * 7 + [".tar"] * 7  # 5 train + 2 val shards (the run evaluates at its end)
     printed = run_clean(
         "cli.py", "eval", "--shards", out, "--checkpoint", f"{run}/checkpoint.pt", "--gpus", "0", "--json", **cache
     )
