@@ -40,7 +40,7 @@ from . import io as store
 from .errors import UserError
 
 CHUNK = 64 << 20  # objects above this come in parallel ranged GETs of this size
-ATTEMPTS = 3  # downloads of one object whose bytes come back wrong (length or sha256) before giving up
+ATTEMPTS = 4  # downloads of one object whose bytes come back wrong (length or sha256) before giving up
 ROOM_TIMEOUT = 600.0  # seconds a download waits for room that other processes hold pinned
 
 
@@ -119,7 +119,7 @@ class ShardCache:
                     return
                 if attempt < ATTEMPTS:
                     self._count(refetched=1)
-                    time.sleep(random.uniform(0.5, 1.0) * 2 ** (attempt - 1))  # backoff with jitter
+                    time.sleep(random.uniform(0.25, 0.5) * 2 ** (attempt - 1))  # exponential backoff with jitter
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(part)

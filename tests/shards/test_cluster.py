@@ -8,7 +8,7 @@ import time
 
 import pytest
 from servers import ROOT, DaskCluster, free_port, s3_env
-from test_object_store import local_files, remote_files
+from stores import local_files, remote_files
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from servers import ROOT, free_port, start_faulty_moto, stop
-from test_object_store import local_files, remote_files, run_clean, upload
+from stores import local_files, remote_files, run_clean, upload
 
 import shards
 
