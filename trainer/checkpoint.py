@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically (temporary file + rename, so a kill never leaves half a file), loaded with
+"""Checkpoints: written atomically (`shards.io.atomic_file`: a kill never leaves half a file), loaded with
 `weights_only=True` (no code runs on load), checked for our format tag so a foreign file is a clear error.
 
 Contents: model/optimizer/scheduler state, epoch, step, and per rank the RNG states and the loader position,
@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from shards import io as store
 from shards.errors import UserError
 
 from .distributed import DistInfo, all_gather_objects
@@ -24,16 +25,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: str, state: dict) -> str:
-    """Write state (plus the format tag) to path via a temporary file and os.replace."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Write state (plus the format tag) to path, whole or not at all."""
     try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with store.atomic_file(path) as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+    except RuntimeError as e:  # torch's zip writer hides a full disk's OSError behind its own error: show it
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
     return path
 
 

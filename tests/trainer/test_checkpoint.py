@@ -1,8 +1,10 @@
 """Checkpoints (trainer/checkpoint.py): atomic write, weights_only load, clear errors, RNG round trip."""
 
+import errno
 import os
 import pickle
 import random
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +31,19 @@ def test_round_trip_with_weights_only(tmp_path):
     torch.testing.assert_close(back["model"]["w"], torch.arange(6.0))
 
 
-def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+def test_a_failed_write_keeps_the_old_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
     save_checkpoint(path, {"step": 1})
-
-    def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"half")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        save_checkpoint(path, {"step": 2})
-    monkeypatch.undo()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # a real write failure part way: files over 1 MiB
+    try:
+        with pytest.raises(OSError) as failed:
+            save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(1 << 20)}})  # 4 MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert failed.value.errno == errno.EFBIG
     assert load_checkpoint(path)["step"] == 1
-    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the partial temporary was removed
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
