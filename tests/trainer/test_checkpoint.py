@@ -1,4 +1,4 @@
-"""Checkpoints (trainer/checkpoint.py): atomic write, weights_only load, clear errors, RNG round trip."""
+"""Checkpoints (trainer/checkpoint.py): atomic write, best.pt, weights_only load, clear errors, RNG round trip."""
 
 import errno
 import os
@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from shards.errors import UserError
-from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, strip_wrappers
+from trainer.checkpoint import (
+    keep_as_best,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    strip_wrappers,
+)
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -44,6 +51,15 @@ def test_a_failed_write_keeps_the_old_checkpoint(tmp_path):
     assert failed.value.errno == errno.EFBIG
     assert load_checkpoint(path)["step"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the partial temporary was removed
+
+
+def test_best_is_a_snapshot_of_the_checkpoint_it_was_made_from(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(path, {"step": 1})
+    assert keep_as_best(path) == str(tmp_path / "best.pt")
+    save_checkpoint(path, {"step": 2})  # the next checkpoint is a new file: best.pt still holds step 1
+    assert load_checkpoint(str(tmp_path / "best.pt"))["step"] == 1 and load_checkpoint(path)["step"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "checkpoint.pt"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
