@@ -85,7 +85,7 @@ def run_demo(out: str, epochs: int | None = None) -> dict:
         ("raw sample", paths["imagenet-sample"]),
         ("shards", paths["imagenet-wds"]),
         ("statistics", os.path.join(paths["imagenet-wds"], "stats.json")),
-        ("run (checkpoint, best, metrics.jsonl, config.json)", paths["run"]),
+        ("run (checkpoints, metrics.jsonl, config.json)", paths["run"]),
         ("preview of augmented crops", preview),
         ("training curves", curves),
     ]:
