@@ -1,6 +1,7 @@
 """Where bytes live: local paths and fsspec URLs (s3://, gs://, any fsspec protocol) behind one set of functions.
 
-Local paths use plain `os` calls: a file is written under a temporary name and renamed, so it is whole or absent.
+Local paths use plain `os` calls: a file is written under a temporary name, fsynced and renamed (`atomic_file`), so
+it is whole or absent.
 A remote object is written with one PUT (a multipart upload above 50 MiB), which object stores make visible only
 when complete: whole or absent there too. Credentials and endpoints come from each store's standard environment
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ... for S3; GOOGLE_APPLICATION_CREDENTIALS for GCS).
@@ -313,20 +314,32 @@ def check_writable(folder: str) -> None:
 
 
 def write_atomically(path: str, data: bytes | str) -> None:
-    """Whole or absent: a local temporary renamed into place, or one PUT to an object store."""
+    """Whole or absent: a local file through atomic_file, or one PUT to an object store."""
     data = data.encode() if isinstance(data, str) else data
     if is_url(path):
         fs, p = filesystem(path)
         with naming(path, "writing"):
             fs.pipe_file(p, data)
         return
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """A binary file object for the local `path` that is whole or absent: it is written under a temporary name
+    beside it, flushed to the disk (fsync) and renamed into place when the block ends; on any exception the
+    temporary is removed. A process killed meanwhile leaves only `PATH.tmp-HOST-PID`, which remove_temporaries
+    deletes. The one atomic local write of the project (shards, manifests, staged copies, checkpoints)."""
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique across the nodes of a cluster
     try:
         with builtins.open(tmp, "wb") as f:
-            f.write(data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data is on the disk before the new name points at it
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
 

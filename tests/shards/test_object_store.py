@@ -176,6 +176,7 @@ def test_stage_refuses_an_object_damaged_on_the_store(sample_shards, s3, tmp_pat
     result = CliRunner().invoke(cli.main, ["stage", "--shards", out, "--to", str(tmp_path / "nvme")])
     assert result.exit_code == 2 and "val-000000.tar does not match its manifest sha256" in result.output
     assert not os.path.exists(tmp_path / "nvme" / "dataset.json")  # a half-staged copy never looks finished
+    assert not list((tmp_path / "nvme").rglob("val-000000.tar*"))  # the bad copy was removed, not renamed
 
 
 API_SCRIPT = """
