@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from shards.errors import explain
+from shards.errors import UserError, explain
 from shards.format import DEFAULT_SHARDS
 
 
@@ -241,8 +241,13 @@ def demo(out, epochs):
 
 # ----------------------------------------------------------------------------------------------- benchmarks
 @main.group()
+@user_errors
 def bench():
     """Throughput benchmarks, each against a baseline measured in the same run."""
+    import importlib.util
+
+    if importlib.util.find_spec("bench") is None:  # bench/ is not part of the installed package
+        raise UserError("the benchmarks run from a checkout: `python cli.py bench ...` in the repository's root")
 
 
 @bench.command(name="shard")

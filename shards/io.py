@@ -26,15 +26,14 @@ import numpy as np
 
 from .errors import CREDENTIAL_ERRORS, UserError
 
-# the package fsspec needs for a protocol, pinned as in requirements.txt (a bare `pip install s3fs` beside a recent
-# boto3 resolves to s3fs 0.4.2 from 2019)
+# the package fsspec needs for a protocol, and what installs it (an extra of pyproject.toml, where there is one)
 PROTOCOL_PACKAGES = {
-    "s3": "s3fs==2026.9.0",
-    "s3a": "s3fs==2026.9.0",
-    "gs": "gcsfs==2026.9.0",
-    "gcs": "gcsfs==2026.9.0",
-    "az": "adlfs",
-    "abfs": "adlfs",
+    "s3": ("s3fs", "'alexnet-wds[s3]'"),
+    "s3a": ("s3fs", "'alexnet-wds[s3]'"),
+    "gs": ("gcsfs", "'alexnet-wds[gcs]'"),
+    "gcs": ("gcsfs", "'alexnet-wds[gcs]'"),
+    "az": ("adlfs", "adlfs"),
+    "abfs": ("adlfs", "adlfs"),
 }
 
 
@@ -73,10 +72,9 @@ def filesystem(url: str):
     try:  # no listings cache: other processes (workers, other nodes) write here too
         fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError:
-        package = PROTOCOL_PACKAGES.get(protocol, f"the fsspec implementation of {protocol}://")
+        package, install = PROTOCOL_PACKAGES.get(protocol, (f"the fsspec implementation of {protocol}://",) * 2)
         raise UserError(
-            f"{url}: {protocol}:// needs {package.split('==')[0]}: `pip install {package}` "
-            "(make test / make demo install it)"
+            f"{url}: {protocol}:// needs {package}: `pip install {install}` (make test / make demo install it)"
         ) from None
     except ValueError as e:
         raise UserError(f"{url}: {e}") from None

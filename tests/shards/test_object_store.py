@@ -290,7 +290,7 @@ def test_s3_url_without_s3fs_is_one_line(tmp_path):
     (blocked / "s3fs.py").write_text("raise ImportError('No module named s3fs')\n")  # as if not installed
     env = {**os.environ, "PYTHONPATH": f"{blocked}:{ROOT}"}
     line = one_line_error(["verify", "--shards", "s3://some-bucket/wds"], env)
-    assert "s3:// needs s3fs" in line and "pip install s3fs==2026.9.0" in line
+    assert "s3:// needs s3fs" in line and "pip install 'alexnet-wds[s3]'" in line
 
 
 def test_out_on_a_read_only_prefix_is_one_line(sample_tree):
