@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from shards.errors import explain
+from shards.errors import UserError, explain
 from shards.format import DEFAULT_SHARDS
 
 
@@ -165,7 +165,23 @@ def stage(**options):
     help="Learning rate [default: 0.01, the paper's; with --resume: the checkpoint's, or this value].",
 )
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt exactly where it stopped.")
+@click.option(
+    "--resume",
+    type=click.UNPROCESSED,
+    is_flag=False,
+    flag_value=True,
+    default=False,
+    metavar="[auto]",
+    help="Continue from RUN/checkpoint.pt exactly where it stopped; `--resume auto`: continue if it exists, "
+    "else start (the same command for every submission of a requeued job).",
+)
+@click.option(
+    "--stop-signal",
+    default="USR1",
+    show_default=True,
+    metavar="SIGNAL",
+    help="Also stops the run like SIGTERM and Ctrl-C (finish the step, save, exit); Slurm: --signal=USR1@120.",
+)
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
 @click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
 @click.option(
@@ -199,7 +215,12 @@ def train(**options):
 
 @main.command(name="eval")
 @click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
-@click.option("--checkpoint", required=True, type=click.Path())
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(),
+    help="RUN/best.pt (the lowest validation top-1 error of the run) or RUN/checkpoint.pt (the latest).",
+)
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of 10 views (paper Sec. 4.1).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU).")
@@ -254,8 +275,13 @@ def demo(out, epochs):
 
 # ----------------------------------------------------------------------------------------------- benchmarks
 @main.group()
+@user_errors
 def bench():
     """Throughput benchmarks, each against a baseline measured in the same run."""
+    import importlib.util
+
+    if importlib.util.find_spec("bench") is None:  # bench/ is not part of the installed package
+        raise UserError("the benchmarks run from a checkout: `python cli.py bench ...` in the repository's root")
 
 
 @bench.command(name="shard")

@@ -9,16 +9,18 @@ and the fingerprints alone (digest, phash), best of 3 passes each.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
+import click
+
 from shards.demo_data import make_sample_tree
 from shards.imagehash import digest, phash
+from shards.io import init_worker_process
 from shards.sources import find_splits
 from shards.stats import PixelSums
 from shards.transform import transform
-from shards.writer import TarBuilder, init_worker_process, sample_components
+from shards.writer import TarBuilder, sample_components
 
 
 def best_of(fn, inputs, repeats=3) -> float:
@@ -31,14 +33,13 @@ def best_of(fn, inputs, repeats=3) -> float:
     return best / len(inputs) * 1e3  # ms per image
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=400)
-    args = parser.parse_args()
+@click.command()
+@click.option("--images", type=int, default=400, show_default=True)
+def main(images: int) -> None:
     init_worker_process()  # as in a shard worker: one torch thread
     with tempfile.TemporaryDirectory() as scratch:
-        src = make_sample_tree(scratch, train_per_class=-(-args.images // 8), val_per_class=0)
-        datas = [it.read() for it in find_splits(src, "train", None)["train"][: args.images]]
+        src = make_sample_tree(scratch, train_per_class=-(-images // 8), val_per_class=0)
+        datas = [it.read() for it in find_splits(src, "train", None)["train"][:images]]
     outputs = [transform(d) for d in datas]
     jpegs, pixels = [j for j, _, _ in outputs], [p for _, p, _ in outputs]
 

@@ -7,29 +7,26 @@ Plants `planted` exact copies and `planted` near copies (1-3 bits flipped) and c
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import click
 import numpy as np
 
 from shards.duplicates import exact_pairs, find_groups, near_pairs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=1_281_167 + 50_000)
-    parser.add_argument("--planted", type=int, default=1000)
-    args = parser.parse_args()
+@click.command()
+@click.option("--n", type=int, default=1_281_167 + 50_000, show_default=True)
+@click.option("--planted", type=int, default=1000, show_default=True)
+def main(n: int, planted: int) -> None:
     rng = np.random.default_rng(0)
-    phashes = rng.integers(0, 2**63, args.n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
-        0, 2, args.n
-    ).astype(np.uint64)
-    digests = rng.integers(0, 2**63, args.n, dtype=np.int64).astype(np.uint64)
-    src = rng.choice(args.n, 2 * args.planted, replace=False)
-    dst = rng.choice(np.setdiff1d(np.arange(args.n), src), 2 * args.planted, replace=False)
-    exact_src, exact_dst, near_src, near_dst = np.split(
-        np.r_[src, dst], [args.planted, 2 * args.planted, 3 * args.planted]
+    phashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(
+        np.uint64
     )
+    digests = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+    src = rng.choice(n, 2 * planted, replace=False)
+    dst = rng.choice(np.setdiff1d(np.arange(n), src), 2 * planted, replace=False)
+    exact_src, exact_dst, near_src, near_dst = np.split(np.r_[src, dst], [planted, 2 * planted, 3 * planted])
     digests[exact_dst], phashes[exact_dst] = digests[exact_src], phashes[exact_src]
     for a, b in zip(near_src, near_dst, strict=True):
         flips = rng.choice(64, rng.integers(1, 4), replace=False)
@@ -44,7 +41,7 @@ def main() -> None:
     found = set(zip(i.tolist(), j.tolist(), strict=True))
     want = {(min(a, b), max(a, b)) for a, b in zip(near_src.tolist(), near_dst.tolist(), strict=True)}
     want_exact = {(min(a, b), max(a, b)) for a, b in zip(exact_src.tolist(), exact_dst.tolist(), strict=True)}
-    print(f"{args.n:,} hashes, {args.planted} planted exact + {args.planted} planted near (1-3 bits) pairs")
+    print(f"{n:,} hashes, {planted} planted exact + {planted} planted near (1-3 bits) pairs")
     print(
         f"near_pairs (4 x 16-bit bands, verify by Hamming <= 3): {near_s:.2f} s, {len(found):,} pairs, "
         f"planted found {len(want & found)}/{len(want)}, others {len(found - want - want_exact)}"
@@ -54,7 +51,7 @@ def main() -> None:
         f"{len(want_exact & set(zip(np.minimum(ei, ej).tolist(), np.maximum(ei, ej).tolist(), strict=True)))}"
         f"/{len(want_exact)}"
     )
-    ids = [f"train/{k}" for k in range(args.n)]
+    ids = [f"train/{k}" for k in range(n)]
     start = time.perf_counter()
     groups = find_groups(ids, [f"{d:016x}" for d in digests], [f"{p:016x}" for p in phashes])
     print(

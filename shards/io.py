@@ -1,6 +1,7 @@
 """Where bytes live: local paths and fsspec URLs (s3://, gs://, any fsspec protocol) behind one set of functions.
 
-Local paths use plain `os` calls: a file is written under a temporary name and renamed, so it is whole or absent.
+Local paths use plain `os` calls: a file is written under a temporary name, fsynced and renamed (`atomic_file`), so
+it is whole or absent.
 A remote object is written with one PUT (a multipart upload above 50 MiB), which object stores make visible only
 when complete: whole or absent there too. Credentials and endpoints come from each store's standard environment
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ... for S3; GOOGLE_APPLICATION_CREDENTIALS for GCS).
@@ -25,15 +26,14 @@ import numpy as np
 
 from .errors import CREDENTIAL_ERRORS, UserError
 
-# the package fsspec needs for a protocol, pinned as in requirements.txt (a bare `pip install s3fs` beside a recent
-# boto3 resolves to s3fs 0.4.2 from 2019)
+# the package fsspec needs for a protocol, and what installs it (an extra of pyproject.toml, where there is one)
 PROTOCOL_PACKAGES = {
-    "s3": "s3fs==2026.9.0",
-    "s3a": "s3fs==2026.9.0",
-    "gs": "gcsfs==2026.9.0",
-    "gcs": "gcsfs==2026.9.0",
-    "az": "adlfs",
-    "abfs": "adlfs",
+    "s3": ("s3fs", "'alexnet-wds[s3]'"),
+    "s3a": ("s3fs", "'alexnet-wds[s3]'"),
+    "gs": ("gcsfs", "'alexnet-wds[gcs]'"),
+    "gcs": ("gcsfs", "'alexnet-wds[gcs]'"),
+    "az": ("adlfs", "adlfs"),
+    "abfs": ("adlfs", "adlfs"),
 }
 
 
@@ -72,10 +72,9 @@ def filesystem(url: str):
     try:  # no listings cache: other processes (workers, other nodes) write here too
         fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError:
-        package = PROTOCOL_PACKAGES.get(protocol, f"the fsspec implementation of {protocol}://")
+        package, install = PROTOCOL_PACKAGES.get(protocol, (f"the fsspec implementation of {protocol}://",) * 2)
         raise UserError(
-            f"{url}: {protocol}:// needs {package.split('==')[0]}: `pip install {package}` "
-            "(make test / make demo install it)"
+            f"{url}: {protocol}:// needs {package}: `pip install {install}` (make test / make demo install it)"
         ) from None
     except ValueError as e:
         raise UserError(f"{url}: {e}") from None
@@ -337,20 +336,32 @@ def check_writable(folder: str) -> None:
 
 
 def write_atomically(path: str, data: bytes | str) -> None:
-    """Whole or absent: a local temporary renamed into place, or one PUT to an object store."""
+    """Whole or absent: a local file through atomic_file, or one PUT to an object store."""
     data = data.encode() if isinstance(data, str) else data
     if is_url(path):
         fs, p = filesystem(path)
         with naming(path, "writing"):
             fs.pipe_file(p, data)
         return
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """A binary file object for the local `path` that is whole or absent: it is written under a temporary name
+    beside it, flushed to the disk (fsync) and renamed into place when the block ends; on any exception the
+    temporary is removed. A process killed meanwhile leaves only `PATH.tmp-HOST-PID`, which remove_temporaries
+    deletes. The one atomic local write of the project (shards, manifests, staged copies, checkpoints)."""
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique across the nodes of a cluster
     try:
         with builtins.open(tmp, "wb") as f:
-            f.write(data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data is on the disk before the new name points at it
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
 

@@ -81,7 +81,7 @@ def connect(address: str, interrupted: threading.Event):
         from distributed import Client
     except ModuleNotFoundError:
         raise UserError(
-            "--cluster needs Dask: `pip install 'dask[distributed]==2026.8.0'` (make test / make demo install it)"
+            "--cluster needs Dask: `pip install 'alexnet-wds[cluster]'` (make test / make demo install it)"
         ) from None
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)

@@ -60,23 +60,18 @@ def _copy(job: tuple[str, str, int, str | None]) -> int:
     source, dest, size, sha = job
     if _intact(dest, size, sha):
         return 0
-    tmp = f"{dest}.tmp-{os.getpid()}"
     try:
-        with store.open(source, "rb") as src, open(tmp, "wb") as out:
+        with store.open(source, "rb") as src, store.atomic_file(dest) as out:
             stream = store.HashingReader(src, source)
             shutil.copyfileobj(stream, out, 1 << 22)
             digest = stream.drain()  # at the end already: the sha256 of what was copied
-        if sha is not None and digest != sha:
-            raise UserError(
-                f"{source} does not match its manifest sha256 (damaged on the store): run "
-                f"`cli.py verify --shards {store.dirname(store.dirname(source))}`"
-            )
-        os.replace(tmp, dest)
+            if sha is not None and digest != sha:  # raised inside the block: the copy is removed, never renamed
+                raise UserError(
+                    f"{source} does not match its manifest sha256 (damaged on the store): run "
+                    f"`cli.py verify --shards {store.dirname(store.dirname(source))}`"
+                )
     except FileNotFoundError:
         raise UserError(f"{source} is missing on the store: run `cli.py verify` on it") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return stream.bytes
 
 

@@ -1,40 +1,60 @@
-"""Checkpoints: written atomically (temporary file + rename, so a kill never leaves half a file), loaded with
+"""Checkpoints: written atomically (`shards.io.atomic_file`: a kill never leaves half a file), loaded with
 `weights_only=True` (no code runs on load), checked for our format tag so a foreign file is a clear error.
 
 Contents: model/optimizer/scheduler state, epoch, step, and per rank the RNG states and the loader position,
-which is what makes `--resume` continue exactly as if the run had not stopped.
+which is what makes `--resume` continue exactly as if the run had not stopped. RUN/checkpoint.pt is the latest
+state (what --resume continues); RUN/best.pt is the checkpoint of the lowest validation top-1 error so far (what
+to evaluate), as timm's CheckpointSaver keeps `model_best` beside `last`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import time
 
 import numpy as np
 import torch
 
+from shards import io as store
 from shards.errors import UserError
 
 from .distributed import DistInfo, all_gather_objects
 
 FORMAT = "alexnet-wds-checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.pt"  # the latest state: what --resume continues
+BEST_NAME = "best.pt"  # the checkpoint of the lowest validation top-1 error: what to evaluate
 
 
 def save_checkpoint(path: str, state: dict) -> str:
-    """Write state (plus the format tag) to path via a temporary file and os.replace."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Write state (plus the format tag) to path, whole or not at all."""
     try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with store.atomic_file(path) as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+    except RuntimeError as e:  # torch's zip writer hides a full disk's OSError behind its own error: show it
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
     return path
+
+
+def keep_as_best(path: str) -> str:
+    """Make RUN/best.pt the checkpoint just written at `path`: a hard link (no second write; the next save of
+    `path` is a new file, so the link keeps this one), or a copy where the filesystem has no hard links."""
+    best = os.path.join(os.path.dirname(path), BEST_NAME)
+    link = f"{best}.tmp-link-{os.getpid()}"
+    try:
+        os.link(path, link)
+        os.replace(link, best)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(link)
+        with open(path, "rb") as src, store.atomic_file(best) as out:
+            shutil.copyfileobj(src, out, 1 << 24)
+    return best
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -51,7 +71,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(
             f"{path} is not an AlexNet checkpoint of this project (no '{FORMAT}' tag); "
-            "pass a RUN/checkpoint.pt written by `cli.py train`"
+            "pass a RUN/best.pt or RUN/checkpoint.pt written by `cli.py train`"
         )
     if state.get("version") != VERSION:
         raise UserError(f"{path} has checkpoint version {state.get('version')}, this trainer reads {VERSION}")
@@ -62,7 +82,7 @@ def save_state(
     path: str, model, optimizer, scheduler, progress, loader, info: DistInfo, config: dict, classes: list[str]
 ) -> None:
     """Collective: every rank hands over its RNG states and loader position; the primary rank writes.
-    `progress` is the trainer's EpochState (epoch, step, batch, best_top1; its clock is reset here)."""
+    `progress` is the trainer's EpochState (epoch, step, batch, val_step, best_top1; its clock is reset here)."""
     ranks = all_gather_objects({"rng": rng_state(), "loader": loader.state_dict()}, info)
     if info.is_primary:
         save_checkpoint(
@@ -74,6 +94,7 @@ def save_state(
                 "epoch": progress.epoch,
                 "step": progress.step,
                 "batch": progress.batch,
+                "val_step": progress.val_step,
                 "best_top1": progress.best_top1,
                 "ranks": ranks,
                 "config": config,

@@ -25,6 +25,7 @@ def run_demo(out: str, epochs: int | None = None) -> dict:
     from shards.convert import ShardConfig, convert
     from shards.demo_data import make_sample_tree
 
+    from .checkpoint import BEST_NAME
     from .evaluate import EvalConfig, evaluate_command
     from .plot import plot_run
     from .train import TrainConfig, launch
@@ -62,7 +63,7 @@ def run_demo(out: str, epochs: int | None = None) -> dict:
             checkpoint_minutes=60,
         )
     )
-    checkpoint = os.path.join(paths["run"], "checkpoint.pt")
+    checkpoint = os.path.join(paths["run"], BEST_NAME)  # the lowest validation top-1 error, not the latest
 
     step("4/6 evaluate on the validation split: centre crop, then 10-crop (Sec. 4.1)")
     results = {
@@ -84,7 +85,7 @@ def run_demo(out: str, epochs: int | None = None) -> dict:
         ("raw sample", paths["imagenet-sample"]),
         ("shards", paths["imagenet-wds"]),
         ("statistics", os.path.join(paths["imagenet-wds"], "stats.json")),
-        ("run (checkpoint, metrics.jsonl, config.json)", paths["run"]),
+        ("run (checkpoints, metrics.jsonl, config.json)", paths["run"]),
         ("preview of augmented crops", preview),
         ("training curves", curves),
     ]:

@@ -7,9 +7,12 @@ The environment decides, the way torchrun sets it (RANK, WORLD_SIZE, LOCAL_RANK,
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +40,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def launch(worker, cfg):
+def launch(worker, cfg, forward: tuple[signal.Signals, ...] = ()):
     """Run `worker(cfg, info)` once per process: in this process, in one spawned process per GPU / per CPU
-    process (`cfg.gpus`, `cfg.procs`), or in the group torchrun set up. Returns the worker's result in a
-    single process (None when processes were spawned). Train and eval both start here."""
+    process (`cfg.gpus`, `cfg.procs`), or in the group torchrun set up. Returns the worker's result (the
+    primary rank's when processes were spawned). Train and eval both start here; `forward`: the signals a
+    parent of spawned processes passes on to them (see `spawn`)."""
     backend = getattr(cfg, "backend", None)
     if under_launcher():
         return _run(worker, cfg)
@@ -49,8 +53,7 @@ def launch(worker, cfg):
         raise UserError("--backend nccl needs GPUs; CPU processes (--procs N, --gpus 0) use gloo")
     if nprocs == 1:
         return _run(worker, cfg, kind)
-    spawn(_run, (worker, cfg), nprocs, kind)
-    return None
+    return spawn(_run, (worker, cfg), nprocs, kind, forward)
 
 
 def _run(worker, cfg, device_kind: str | None = None):
@@ -158,7 +161,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(local_rank: int, fn, args, nprocs: int, device_kind: str, port: int, errors) -> None:
+def _child(local_rank: int, fn, args, nprocs: int, device_kind: str, port: int, results) -> None:
     os.environ.update(
         RANK=str(local_rank),
         LOCAL_RANK=str(local_rank),
@@ -169,20 +172,86 @@ def _child(local_rank: int, fn, args, nprocs: int, device_kind: str, port: int, 
     )
     os.environ[ENV_DEVICE] = device_kind
     try:
-        fn(*args)
+        result = fn(*args)
     except UserError as e:  # hand the one-line message back to the parent, which raises it again
-        errors.put(str(e))
+        results.put(("error", str(e)))
         raise SystemExit(2) from None
+    if local_rank == 0:
+        results.put(("result", result))
 
 
-def spawn(fn, args: tuple, nprocs: int, device_kind: str) -> None:
+def spawn(fn, args: tuple, nprocs: int, device_kind: str, forward: tuple[signal.Signals, ...] = ()):
     """Run fn(*args) in nprocs fresh processes (one per GPU, or CPU processes over gloo) with the torchrun
-    environment set; a UserError in any of them is raised here, once."""
+    environment set; returns rank 0's result. A UserError in any of them is raised here, once.
+
+    The first of the `forward` signals this parent gets is passed on to every process (a scheduler or a person
+    may signal only the parent); a second one kills them (SIGKILL) and ends the parent at once."""
     ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    try:
-        mp.spawn(_child, args=(fn, args, nprocs, device_kind, _free_port(), errors), nprocs=nprocs, join=True)
-    except mp.ProcessExitedException as e:
-        if not errors.empty():
-            raise UserError(errors.get()) from None
-        raise RuntimeError(f"a training process exited with code {e.exit_code}; see its output above") from None
+    results = ctx.SimpleQueue()
+    with _Relay(forward) as relay:
+        context = mp.start_processes(
+            _child, args=(fn, args, nprocs, device_kind, _free_port(), results), nprocs=nprocs, join=False
+        )
+        relay.start(context.pids())
+        try:
+            while not context.join():
+                pass
+        except mp.ProcessExitedException as e:
+            for kind, value in _drain(results):
+                if kind == "error":
+                    raise UserError(value) from None
+            if relay.received:
+                raise SystemExit(_stopped_early(relay.received)) from None
+            raise RuntimeError(f"a training process exited with code {e.exit_code}; see its output above") from None
+    for kind, value in _drain(results):
+        if kind == "result":
+            return value
+    if relay.received:  # the processes ended before they could run (a signal while they were starting)
+        raise SystemExit(_stopped_early(relay.received))
+    return None
+
+
+def _drain(queue) -> list:
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items
+
+
+def _stopped_early(signum: int) -> int:
+    print(f"stopped by {signal.Signals(signum).name} while the processes started; nothing new was saved", flush=True)
+    return 128 + signum
+
+
+class _Relay:
+    """The signal handlers of a parent of spawned processes (a context manager; restored on exit)."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...]):
+        self.signals, self.pids, self.received, self.previous = signals, [], 0, {}
+
+    def __enter__(self) -> _Relay:
+        for sig in self.signals if threading.current_thread() is threading.main_thread() else ():
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored (nohup)
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def start(self, pids: list[int]) -> None:
+        self.pids = pids
+        if self.received:  # it came while they were being started
+            self._send(self.received)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received:
+            self._send(signal.SIGKILL)
+            os._exit(128 + signum)
+        self.received = signum
+        self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)

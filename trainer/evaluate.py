@@ -39,8 +39,9 @@ class EvalConfig:
 
 
 @torch.no_grad()
-def evaluate_loader(model: torch.nn.Module, loader, info: DistInfo, ten_crop: bool = False) -> dict:
-    """{'loss', 'top1_err', 'top5_err', 'count'} over the whole split, summed over ranks."""
+def evaluate_loader(model: torch.nn.Module, loader, info: DistInfo, ten_crop: bool = False, stop=None) -> dict | None:
+    """{'loss', 'top1_err', 'top5_err', 'count'} over the whole split, summed over ranks. `stop` (training's
+    StopRequest.poll) is called after every batch on every rank; when it says stop, the pass ends: None."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=info.device, dtype=torch.float64)  # loss sum, count, top-1 hits, top-5 hits
@@ -56,6 +57,9 @@ def evaluate_loader(model: torch.nn.Module, loader, info: DistInfo, ten_crop: bo
         sums[0] += F.nll_loss(scores, labels, ignore_index=-1, reduction="sum").double()
         sums[1] += (labels >= 0).sum()
         sums[2:] += topk_correct(scores, labels, (1, 5)).double()
+        if stop is not None and stop():
+            model.train(was_training)
+            return None
     all_reduce_sum(sums, info)
     loss_sum, count, c1, c5 = sums.tolist()
     model.train(was_training)

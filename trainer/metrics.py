@@ -11,6 +11,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from shards.io import write_atomically
+
 from .distributed import DistInfo, all_reduce_sum
 
 METRICS_NAME = "metrics.jsonl"
@@ -111,10 +113,16 @@ class Interval:
 
 class MetricsLog:
     """Appends one JSON object per line to RUN/metrics.jsonl (and scalars to TensorBoard when installed).
-    Only the primary rank makes one; other ranks pass None to the loop's helpers."""
+    Only the primary rank makes one; other ranks pass None to the loop's helpers.
 
-    def __init__(self, run_dir: str, tensorboard: bool = True):
+    Rows after step `since` (the step of the checkpoint this run continues; 0 for a new run) are dropped first:
+    a run killed after its last checkpoint logged steps that its continuation logs again."""
+
+    def __init__(self, run_dir: str, tensorboard: bool = True, since: int = 0):
         self.path = os.path.join(run_dir, METRICS_NAME)
+        if os.path.exists(self.path):
+            kept = [row for row in read_metrics(run_dir) if row["step"] <= since]
+            write_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self.file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the run, closed in close()
         self.tb = None
         if tensorboard:

@@ -9,33 +9,50 @@ batch_size x world size (printed at start).
 No host sync per step: the loss, the non-finite check and the step count stay on the device
 (`metrics.Interval`) and are reduced over ranks once per `log_every` steps; the same reduction carries rank
 0's "checkpoint due" flag, so every rank agrees on when to take a time-based checkpoint.
+
+Stopping (`preempt`): SIGTERM, SIGINT or `--stop-signal` (SIGUSR1) ends the step in flight (or the validation
+pass), saves the exact state and exits with 128 + the signal; `--resume auto` continues it (docs/training.md).
+One run per run folder: the process that started the run holds RUN/.lock until it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shlex
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from shards import io as store
 from shards.cache import CacheConfig
 from shards.errors import UserError
 from shards.format import DEFAULT_SHARDS
 
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_state, set_rng_state
+from .checkpoint import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    check_resumable,
+    keep_as_best,
+    load_checkpoint,
+    save_state,
+    set_rng_state,
+)
 from .device import autocast, place_model, setup_device, to_model_input
 from .distributed import DistInfo, say
 from .evaluate import evaluate_loader
 from .metrics import Interval, MetricsLog, NonFiniteLoss
 from .model import ARCHS, build_model, describe
+from .preempt import RunLock, StopRequest, stop_signals
 from .schedule import make_scheduler, schedule_step, set_lr
 
 CONFIG_NAME = "config.json"
@@ -64,7 +81,8 @@ class TrainConfig:
     arch: str = "alexnet"  # or "alexnet-2012" (two towers, Fig. 2)
     mean: str = "image"  # Sec. 2: subtract the mean image of the training set; or "channel" (RGB)
     max_steps: int | None = None  # stop after this many optimizer steps (counted over the whole run)
-    resume: bool = False
+    resume: bool | str = False  # True: continue RUN/checkpoint.pt; "auto": continue it if it exists, else start
+    stop_signal: str | None = "USR1"  # stops the run like SIGTERM and SIGINT do (Slurm: --signal=USR1@120)
     compile: bool = False  # torch.compile (CUDA only)
     seed: int = 0
     checkpoint_minutes: float = 30.0
@@ -79,7 +97,8 @@ class EpochState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed (all epochs)
     batch: int = 0  # batches completed in the current epoch
-    best_top1: float = 1.0  # best validation top-1 error at an epoch end
+    val_step: int = -1  # the step of the last validation
+    best_top1: float = math.inf  # the lowest validation top-1 error (RUN/best.pt)
     last_epoch_loss: float = math.nan
     last_checkpoint: float = field(default_factory=time.time)
 
@@ -88,8 +107,18 @@ class EpochState:
 
 
 def launch(cfg: TrainConfig) -> None:
+    """`cli.py train`: check the flags, hold RUN/.lock while every rank runs. A run stopped by a signal (saved)
+    ends with exit code 128 + the signal's number, as a process killed by it would report."""
     check_config(cfg)
-    distributed.launch(train, cfg)
+    os.makedirs(cfg.out, exist_ok=True)
+    holder = int(os.environ.get("RANK", 0)) == 0  # the process the user started; under torchrun, global rank 0
+    with RunLock(cfg.out) if holder else contextlib.nullcontext():
+        if holder:
+            store.remove_temporaries(cfg.out)  # a checkpoint half-written when a run was killed
+        cfg = replace(cfg, resume=resume_decision(cfg))
+        stopped = distributed.launch(train, cfg, forward=stop_signals(cfg.stop_signal))
+    if stopped:
+        raise SystemExit(128 + stopped)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -106,16 +135,36 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"unknown --arch/--schedule/--mean: {cfg.arch}/{cfg.schedule}/{cfg.mean}")
     if cfg.backend not in (None, "nccl", "gloo"):
         raise UserError(f"--backend must be nccl or gloo (got {cfg.backend})")
+    if cfg.resume not in (True, False, "auto"):
+        raise UserError(f"--resume takes no value, or auto (got {cfg.resume!r})")
+    stop_signals(cfg.stop_signal)
     ds = shards.open(cfg.shards)  # a missing/foreign shard directory is a UserError with a hint
     ds.count("train"), ds.count("val")  # both splits are needed
+
+
+def resume_decision(cfg: TrainConfig) -> bool:
+    """Whether this run continues RUN/checkpoint.pt: --resume needs it, no --resume refuses it (a second run
+    must not overwrite a first by mistake), --resume auto takes it when it is there (a requeued job)."""
     path = os.path.join(cfg.out, CHECKPOINT_NAME)
-    if cfg.resume and not os.path.isfile(path):
+    exists = os.path.isfile(path)
+    if cfg.resume is True and not exists:
         raise UserError(f"--resume: no checkpoint at {path}; drop --resume to start a new run")
-    if not cfg.resume and os.path.isfile(path):
-        raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+    if cfg.resume is False and exists:
+        raise UserError(
+            f"{path} exists: pass --resume to continue that run (--resume auto: continue or start), "
+            "or choose another --out"
+        )
+    return exists
 
 
-def train(cfg: TrainConfig, info: DistInfo) -> None:
+def train(cfg: TrainConfig, info: DistInfo) -> int:
+    """What every rank runs: `fit` with the stop signals caught (their handlers restored afterwards). Returns 0
+    when the run finished or reached --max-steps, else the signal it stopped on (the state saved)."""
+    with StopRequest(stop_signals(cfg.stop_signal), info) as stop:
+        return fit(cfg, info, stop)
+
+
+def fit(cfg: TrainConfig, info: DistInfo, stop: StopRequest) -> int:
     import pipelines
     import shards
 
@@ -170,7 +219,7 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
             f"{info.world_size} process(es) on {info.device.type}; batch {cfg.batch_size} per process -> "
             f"effective global batch {global_batch}, lr {lr:g} (the paper: batch 128, lr 0.01)",
         )
-        log = MetricsLog(cfg.out)
+        log = MetricsLog(cfg.out, since=state["step"] if state is not None else 0)
 
     # ---- model, optimizer, schedule (the same initial weights on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
@@ -187,7 +236,11 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
         scheduler.load_state_dict(state["scheduler"])
         set_lr(optimizer, scheduler, lr)  # --resume --lr X: X from now on (else the restored lr: a no-op)
         progress = EpochState(
-            epoch=state["epoch"], step=state["step"], batch=state["batch"], best_top1=state["best_top1"]
+            epoch=state["epoch"],
+            step=state["step"],
+            batch=state["batch"],
+            val_step=state.get("val_step", state["step"]),
+            best_top1=state["best_top1"],
         )
         mine = state["ranks"][info.rank]
         set_rng_state(mine["rng"])
@@ -207,27 +260,37 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
     if cfg.compile and info.device.type == "cuda":
         net = torch.compile(net)
 
-    # ---- loop: train an epoch, validate, step the schedule, checkpoint
+    # ---- loop: train an epoch, validate, step the schedule, checkpoint (a stop signal: save and end)
     def checkpoint():
         save_state(ckpt_path, model, optimizer, scheduler, progress, train_loader, info, resolved, classes)
 
+    best_path = os.path.join(cfg.out, BEST_NAME)
     try:
-        while progress.epoch < cfg.epochs and not progress.done(cfg.max_steps):
-            epoch_end = train_one_epoch(net, optimizer, train_loader, progress, cfg, info, log, checkpoint)
-            val = evaluate_loader(model, val_loader, info)
+        # a run stopped during its last validation (--max-steps reached) still owes that validation
+        while progress.epoch < cfg.epochs and not (progress.done(cfg.max_steps) and progress.val_step == progress.step):
+            if progress.batch < len(train_loader) and not progress.done(cfg.max_steps):
+                train_one_epoch(net, optimizer, train_loader, progress, cfg, info, log, checkpoint, stop)
+            val = None if stop.agreed else evaluate_loader(model, val_loader, info, stop=stop.poll)
+            if val is None:
+                break
+            progress.val_step = progress.step
+            epoch_end = progress.batch == len(train_loader)
             lr = optimizer.param_groups[0]["lr"]
-            if epoch_end:  # the schedule (and "best") moves only on whole epochs
+            if epoch_end:  # the schedule moves only on whole epochs
                 schedule_step(scheduler, cfg, val["top1_err"])
-                progress.epoch += 1
-                progress.best_top1 = min(progress.best_top1, val["top1_err"])
+                progress.epoch, progress.batch = progress.epoch + 1, 0
+            best = val["top1_err"] < progress.best_top1
+            progress.best_top1 = min(progress.best_top1, val["top1_err"])
             checkpoint()
+            if best and info.is_primary:
+                keep_as_best(ckpt_path)
             at = progress.epoch if epoch_end else round(progress.epoch + progress.batch / len(train_loader), 2)
             say(
                 info,
                 f"epoch {at} step {progress.step}: "
                 f"val loss {val['loss']:.4f}, top-1 error {val['top1_err']:.2%}, top-5 error "
                 f"{val['top5_err']:.2%} ({val['count']} images), lr {lr:g} -> "
-                f"{optimizer.param_groups[0]['lr']:g}; checkpoint {ckpt_path}",
+                f"{optimizer.param_groups[0]['lr']:g}; checkpoint {ckpt_path}" + (f" and {best_path}" if best else ""),
             )
             if log:
                 log.write(
@@ -241,6 +304,11 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
                     top5_err=val["top5_err"],
                     train_loss=progress.last_epoch_loss,
                 )
+        if stop.agreed:
+            checkpoint()
+            stop.barrier()  # no rank ends before the checkpoint is whole
+            if log:
+                log.write("stop", progress.step, reason=signal.Signals(stop.agreed).name)
     except NonFiniteLoss as e:
         kept = (
             f"the last good checkpoint {ckpt_path} is kept (not overwritten)"
@@ -255,6 +323,16 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
     finally:
         if log:
             log.close()
+    if stop.agreed:
+        seconds = stop.seconds()
+        say(
+            info,
+            f"stopped by {signal.Signals(stop.agreed).name} at step {progress.step} (epoch {progress.epoch + 1}, "
+            f"batch {progress.batch} of {len(train_loader)}"
+            + (f"; {seconds:.1f} s after the signal" if seconds is not None else "")
+            + f"): saved {ckpt_path}; continue with: {continue_command()}",
+        )
+        return stop.agreed
     if progress.done(cfg.max_steps):
         say(
             info,
@@ -265,15 +343,28 @@ def train(cfg: TrainConfig, info: DistInfo) -> None:
         say(
             info,
             f"finished {cfg.epochs} epochs ({progress.step} steps); best top-1 error "
-            f"{progress.best_top1:.2%}; evaluate 10-crop with `cli.py eval --checkpoint {ckpt_path} --ten-crop`",
+            f"{progress.best_top1:.2%}; evaluate it 10-crop with `cli.py eval --checkpoint {best_path} --ten-crop`",
         )
+    return 0
+
+
+def continue_command() -> str:
+    """The command line that continues this run: the one that started it, with --resume if it had none."""
+    if "train" not in sys.argv[1:2]:
+        return "the same configuration with resume=True"
+    args = sys.argv[1:]
+    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
+        args.append("--resume")
+    program = ["python", sys.argv[0]] if sys.argv[0].endswith(".py") else [os.path.basename(sys.argv[0])]
+    launcher = "torchrun [its options] " if "TORCHELASTIC_RUN_ID" in os.environ else ""
+    return launcher + shlex.join(program + args)
 
 
 def train_one_epoch(
-    net, optimizer, loader, progress: EpochState, cfg: TrainConfig, info: DistInfo, log, checkpoint
-) -> bool:
-    """SGD over the rest of the current epoch; True at the epoch's end, False when --max-steps stopped it.
-    A progress bar only on a terminal; the log lines every `log_every` steps are plain lines either way."""
+    net, optimizer, loader, progress: EpochState, cfg: TrainConfig, info: DistInfo, log, checkpoint, stop
+) -> None:
+    """SGD over the rest of the current epoch, or until --max-steps or a stop signal (`progress.batch` says
+    which). A progress bar only on a terminal; the log lines every `log_every` steps are plain lines either way."""
     net.train()
     bar = tqdm(
         total=len(loader),
@@ -286,7 +377,7 @@ def train_one_epoch(
     )
     interval = Interval(info.device)
     start, it = progress.batch, iter(loader)
-    while True:
+    while progress.batch < len(loader):
         t0 = time.perf_counter()
         try:
             images, labels = next(it)
@@ -297,16 +388,18 @@ def train_one_epoch(
             net, optimizer, to_model_input(images, info.device), labels.to(info.device, non_blocking=True)
         )
         progress.step, progress.batch = progress.step + 1, progress.batch + 1
+        if progress.batch == len(loader):  # let the loader close its epoch (its state moves to the next) first,
+            next(it, None)  # so that any checkpoint of this step records the next epoch's start
         interval.add(loss, progress.step, wait)
         bar.update(1)
-        stop = progress.done(cfg.max_steps)
-        if progress.step % cfg.log_every == 0 or stop or progress.batch == len(loader):
+        last = bool(stop.poll()) or progress.done(cfg.max_steps)  # poll on every rank at every step
+        if progress.step % cfg.log_every == 0 or last or progress.batch == len(loader):
             due = info.is_primary and time.time() - progress.last_checkpoint >= cfg.checkpoint_minutes * 60
             row = interval.close(info, flag=due)  # the interval's only host sync; raises NonFiniteLoss
             log_interval(row, progress, optimizer, cfg, info, log, bar, len(loader))
-            if row["flag"]:
+            if row["flag"] and not stop.agreed:
                 checkpoint()
-        if stop:
+        if last:
             break
     bar.close()
     if progress.batch == start:
@@ -315,11 +408,6 @@ def train_one_epoch(
             f"{start} of {len(loader)} batches done)"
         )
     progress.last_epoch_loss = interval.epoch_loss
-    if progress.batch < len(loader):  # --max-steps stopped it inside the epoch
-        return False
-    next(it, None)  # stopped on the last batch: let the loader close its epoch (its state moves to the next)
-    progress.batch = 0
-    return True
 
 
 def train_step(net, optimizer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

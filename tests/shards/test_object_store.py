@@ -127,6 +127,7 @@ def test_stage_refuses_an_object_damaged_on_the_store(sample_shards, s3, tmp_pat
     result = CliRunner().invoke(cli.main, ["stage", "--shards", out, "--to", str(tmp_path / "nvme")])
     assert result.exit_code == 2 and "val-000000.tar does not match its manifest sha256" in result.output
     assert not os.path.exists(tmp_path / "nvme" / "dataset.json")  # a half-staged copy never looks finished
+    assert not list((tmp_path / "nvme").rglob("val-000000.tar*"))  # the bad copy was removed, not renamed
 
 
 API_SCRIPT = """
@@ -241,7 +242,7 @@ def test_s3_url_without_s3fs_is_one_line(tmp_path):
     (blocked / "s3fs.py").write_text("raise ImportError('No module named s3fs')\n")  # as if not installed
     env = {**os.environ, "PYTHONPATH": f"{blocked}:{ROOT}"}
     line = one_line_error(["verify", "--shards", "s3://some-bucket/wds"], env)
-    assert "s3:// needs s3fs" in line and "pip install s3fs==2026.9.0" in line
+    assert "s3:// needs s3fs" in line and "pip install 'alexnet-wds[s3]'" in line
 
 
 def test_out_on_a_read_only_prefix_is_one_line(sample_tree):

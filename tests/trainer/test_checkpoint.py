@@ -1,8 +1,10 @@
-"""Checkpoints (trainer/checkpoint.py): atomic write, weights_only load, clear errors, RNG round trip."""
+"""Checkpoints (trainer/checkpoint.py): atomic write, best.pt, weights_only load, clear errors, RNG round trip."""
 
+import errno
 import os
 import pickle
 import random
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,14 @@ import pytest
 import torch
 
 from shards.errors import UserError
-from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, strip_wrappers
+from trainer.checkpoint import (
+    keep_as_best,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    strip_wrappers,
+)
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -29,21 +38,28 @@ def test_round_trip_with_weights_only(tmp_path):
     torch.testing.assert_close(back["model"]["w"], torch.arange(6.0))
 
 
-def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+def test_a_failed_write_keeps_the_old_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
     save_checkpoint(path, {"step": 1})
-
-    def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"half")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        save_checkpoint(path, {"step": 2})
-    monkeypatch.undo()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # a real write failure part way: files over 1 MiB
+    try:
+        with pytest.raises(OSError) as failed:
+            save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(1 << 20)}})  # 4 MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert failed.value.errno == errno.EFBIG
     assert load_checkpoint(path)["step"] == 1
-    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the partial temporary was removed
+
+
+def test_best_is_a_snapshot_of_the_checkpoint_it_was_made_from(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(path, {"step": 1})
+    assert keep_as_best(path) == str(tmp_path / "best.pt")
+    save_checkpoint(path, {"step": 2})  # the next checkpoint is a new file: best.pt still holds step 1
+    assert load_checkpoint(str(tmp_path / "best.pt"))["step"] == 1 and load_checkpoint(path)["step"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "checkpoint.pt"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

@@ -1,5 +1,5 @@
-"""The distributed path over gloo (2 CPU processes), exact resume, --resume --lr and the non-finite stop, on
-real images through the real loader."""
+"""The distributed path over gloo (2 CPU processes), exact resume, --resume --lr, best.pt and the non-finite stop,
+on real images through the real loader."""
 
 import json
 from pathlib import Path
@@ -136,6 +136,11 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(sample_shards
     assert json.loads(Path(out / "config.json").read_text())["lr"] == 5e-5
     lrs = [(r["step"], r["lr"]) for r in read_metrics(str(out)) if r["kind"] == "train"]
     assert lrs == [(1, LR), (2, 5e-5), (3, 5e-5)]
+    # three validations (steps 1, 2, 3): best.pt is the first with the lowest top-1 error, checkpoint.pt the last
+    vals = [r for r in read_metrics(str(out)) if r["kind"] == "val"]
+    best = min(vals, key=lambda r: r["top1_err"])
+    assert load_checkpoint(str(out / "best.pt"))["step"] == best["step"] != 3
+    assert load_checkpoint(str(out / "checkpoint.pt"))["step"] == 3
 
 
 @pytest.mark.slow

@@ -95,6 +95,13 @@ def test_jsonl_rows(run_dir):
     assert json.loads(json.dumps(rows)) == rows  # plain JSON values (no NaN, which would not compare equal)
 
 
+def test_a_continuation_drops_the_rows_logged_after_its_checkpoint(run_dir):
+    log = MetricsLog(run_dir, tensorboard=False, since=30)  # a killed run logged steps 40 and 50 after it
+    log.write("train", 40, loss=1.0)
+    log.close()
+    assert [(r["kind"], r["step"]) for r in read_metrics(run_dir)] == [("train", s) for s in (10, 20, 30, 40)]
+
+
 def test_plot_writes_a_png(run_dir, tmp_path):
     import numpy as np
     from PIL import Image

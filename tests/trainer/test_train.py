@@ -75,6 +75,7 @@ def test_a_short_run_logs_and_checkpoints(short_run, sample_shards):
     assert (pipeline["train"]["mode"], pipeline["val"]["mode"]) == ("train", "center")
     assert pipeline["train"]["mean"] == "image" and pipeline["train"]["lighting_std"] == 0.1
     assert load_checkpoint(f"{short_run}/checkpoint.pt")["step"] == 8
+    assert load_checkpoint(f"{short_run}/best.pt")["step"] == 8  # its only validation is the best so far
 
 
 @pytest.mark.slow

@@ -34,6 +34,9 @@ def test_train_flag_errors(sample_shards, tmp_path, no_gpus):
         (("--lr", -1), "--lr must be positive"),
         (("--max-steps", 0), "--max-steps must be at least 1"),
         (("--resume",), "no checkpoint at"),
+        (("--resume", "always"), "--resume takes no value, or auto (got 'always')"),
+        (("--stop-signal", "KILL"), "--stop-signal KILL: not a signal a process can catch"),
+        (("--stop-signal", "USR3"), "--stop-signal USR3: not a signal a process can catch"),
     ]
     for extra, message in cases:
         code, output = run(*base, *extra)
@@ -42,10 +45,10 @@ def test_train_flag_errors(sample_shards, tmp_path, no_gpus):
         assert output.count("\n") == 1  # one line
     code, output = run("train", "--shards", tmp_path / "nowhere", "--out", out)
     assert code == 2 and "nowhere" in output and "Traceback" not in output
-    os.makedirs(out)
+    os.makedirs(out, exist_ok=True)
     save_checkpoint(str(out / "checkpoint.pt"), {"step": 1})
     code, output = run(*base)
-    assert code == 2 and "exists: pass --resume" in output
+    assert code == 2 and "exists: pass --resume to continue that run (--resume auto: continue or start)" in output
 
 
 def test_eval_plot_bench_flag_errors(sample_shards, tmp_path, no_gpus):
