@@ -114,7 +114,8 @@ class ShardCache:
             for attempt in range(1, ATTEMPTS + 1):
                 problem = self._download(url, part, size, sha256)
                 if problem is None:
-                    os.replace(part, path)
+                    with _locked(os.path.join(self.folder, ".lock")):  # a count under the lock sees one of the two
+                        os.replace(part, path)
                     self._count(fetched=1)
                     return
                 if attempt < ATTEMPTS:
@@ -185,35 +186,49 @@ class ShardCache:
     def _evict_until(self, target: int) -> int:
         """Under the folder lock: delete unpinned shards (oldest pin first) and stale parts until the folder holds
         at most `target` bytes, or nothing more can go. Returns the bytes it holds then."""
-        files = {e.name: e for e in os.scandir(self.folder) if e.name.endswith((".tar", ".part"))}
-        used = sum(e.stat().st_size for e in files.values())
-        by_age = sorted(files.values(), key=lambda e: (e.name.endswith(".tar"), e.stat().st_mtime))
-        for entry in by_age:  # parts first: a part with a free .fetch lock was left by a killed process
+        files = _files(self.folder)
+        used = sum(size for _, size, _ in files)
+        by_age = sorted(files, key=lambda f: (f[0].endswith(".tar"), f[2]))
+        for path, size, _ in by_age:  # parts first: a part with a free .fetch lock was left by a killed process
             if used <= target:
                 break
-            stem = entry.path.rsplit(".", 1)[0]
-            lock = stem + (".use" if entry.name.endswith(".tar") else ".fetch")
+            stem = path.rsplit(".", 1)[0]
+            lock = stem + (".use" if path.endswith(".tar") else ".fetch")
             fd = _lock_fd(lock)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # pinned by a reader, or being downloaded
             try:
-                used -= entry.stat().st_size
-                os.remove(entry.path)
+                os.remove(path)
+                used -= size
                 self._count(evicted=1)
+            except FileNotFoundError:  # a failed download removed its part meanwhile
+                used -= size
             finally:
                 os.close(fd)
         return used
 
     def used(self) -> int:
         """Bytes of the folder's shards and parts (what the limit bounds)."""
-        return sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith((".tar", ".part")))
+        return sum(size for _, size, _ in _files(self.folder))
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
             for name, delta in deltas.items():
                 setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+
+def _files(folder: str) -> list[tuple[str, int, float]]:
+    """(path, bytes, mtime) of the shards and parts in `folder`; a file gone between the listing and its stat is
+    left out (only a download's own failure removes one outside the folder lock)."""
+    found = []
+    for entry in os.scandir(folder):
+        if entry.name.endswith((".tar", ".part")):
+            with contextlib.suppress(FileNotFoundError):
+                stat = entry.stat()
+                found.append((entry.path, stat.st_size, stat.st_mtime))
+    return found
 
 
 def _has(path: str, size: int) -> bool:
@@ -297,5 +312,5 @@ def default_limit(folder: str, needed: int) -> int:
     """What the dataset needs, but at most 80% of the space the cache's disk has (free + already cached)."""
     os.makedirs(folder, exist_ok=True)
     disk = os.statvfs(folder)
-    cached = sum(e.stat().st_size for e in os.scandir(folder) if e.name.endswith((".tar", ".part")))
+    cached = sum(size for _, size, _ in _files(folder))
     return min(needed, int(0.8 * (disk.f_bavail * disk.f_frsize + cached)))

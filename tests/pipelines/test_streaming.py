@@ -6,6 +6,7 @@
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import time
 
 import pytest
 import torch
-from servers import ROOT, free_port
+from servers import ROOT
 from stores import run_clean, s3fs_, upload
 
 import pipelines
@@ -280,64 +281,104 @@ def part_shards(counts: list[int], rank: int, world_size: int) -> set[int]:
     return {i for i, (a, n) in enumerate(zip(first, counts, strict=True)) if a < end and a + n > start}
 
 
+READ_AN_EPOCH = """
+import sys
+import pipelines
+from shards.cache import CacheConfig
+url, rank, world_size, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for split in ("train", "val"):
+    loader = pipelines.build_loader(url, split, batch_size=8, device="cpu", num_threads=1, rank=rank,
+                                    world_size=world_size, cache=CacheConfig(cache))
+    assert sum(1 for _ in loader) == len(loader) > 0
+"""
+
+
 def test_ranks_of_one_node_fetch_each_shard_once_and_nodes_their_own_parts(sample_shards, faulty_s3, tmp_path):
     url, store = f"{faulty_s3.url}/wds", faulty_s3.store
     upload(sample_shards, url)
     ds = shards.open(sample_shards)
-    common = ["--shards", url, "--batch-size", "8", "--max-steps", "12", "--lr", "0.001"]  # a whole epoch
-    # one node: two gloo ranks sharing one cache folder
+    # one node: two gloo ranks training a whole epoch, sharing one cache folder
     store.reset_counts()
-    run_clean(
-        "cli.py",
-        "train",
-        *common,
-        "--procs",
-        "2",
-        "--out",
-        str(tmp_path / "one"),
-        "--cache-dir",
-        str(tmp_path / "node"),
-    )
+    train = ["cli.py", "train", "--shards", url, "--batch-size", "8", "--max-steps", "12", "--lr", "0.001"]
+    run_clean(*train, "--procs", "2", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "node"))
     names = [e["name"] for split in ("train", "val") for e in ds.shards(split)]
     assert tar_gets(store) == dict.fromkeys(names, 1)
-    # two nodes: the same two ranks as torchrun would start them on two machines, each with its own cache
+    # two nodes: rank 0 and rank 1 of 2 on machines of their own, each with its own cache, reading an epoch
     store.reset_counts()
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_RANK": "0",
-            "LOCAL_WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        args = [
-            "cli.py",
-            "train",
-            *common,
-            "--gpus",
-            "0",
-            "--out",
-            str(tmp_path / "two"),
-            "--cache-dir",
-            str(tmp_path / f"node{rank}"),
-        ]
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", READ_AN_EPOCH, url, str(rank), "2", str(tmp_path / f"node{rank}")],
+            cwd=ROOT,
+            env=os.environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        for rank in (0, 1)
+    ]
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out
     expected = {}
     for split in ("train", "val"):
-        counts = ds.shard_counts(split)
         for rank in (0, 1):
-            for i in part_shards(counts, rank, 2):
+            for i in part_shards(ds.shard_counts(split), rank, 2):
                 name = ds.shards(split)[i]["name"]
                 expected[name] = expected.get(name, 0) + 1
     assert tar_gets(store) == expected and 2 in expected.values()  # a shard on the parts' border: once per node
+
+
+# ------------------------------------------------------------------------------------------------ a killed run
+def final_val(run) -> dict:
+    from trainer.metrics import read_metrics
+
+    (last,) = [r for r in read_metrics(str(run)) if r["kind"] == "val"][-1:]
+    return {k: last[k] for k in ("step", "val_loss", "top1_err", "top5_err")}
+
+
+def test_a_run_killed_mid_download_resumes_exactly_and_never_uses_the_part(sample_shards, faulty_s3, tmp_path):
+    url, store = f"{faulty_s3.url}/wds", faulty_s3.store
+    upload(sample_shards, url)
+    common = [
+        "cli.py",
+        "train",
+        "--shards",
+        url,
+        "--gpus",
+        "0",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-4",
+        "--log-every",
+        "1",
+    ]
+    run_clean(*common, "--out", str(tmp_path / "unbroken"), "--max-steps", "4", "--cache-dir", str(tmp_path / "c1"))
+    broken = ["--out", str(tmp_path / "broken")]
+    run_clean(*common, *broken, "--max-steps", "2", "--cache-dir", str(tmp_path / "c2"))  # a checkpoint at step 2
+    broken += ["--max-steps", "4", "--resume"]
+    cache = tmp_path / "c3"  # empty: the continuation must download
+    store.configure(latency=0.5)  # every request slow, so a download is under way for a while
+    proc = subprocess.Popen(
+        [sys.executable, *common, *broken, "--resume", "--cache-dir", str(cache)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline, parts = time.monotonic() + 240, []
+    while not parts and time.monotonic() < deadline and proc.poll() is None:
+        parts = list(cache.rglob("*.part"))
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert parts and parts[0].exists(), "no download was under way"  # what the killed run left: a part, no tar
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    left = {p.name for p in folder.iterdir() if p.suffix in (".tar", ".part")}
+    store.configure(latency=0)
+    run_clean(*common, *broken, "--cache-dir", str(cache))
+    assert final_val(tmp_path / "broken") == final_val(tmp_path / "unbroken")
+    assert not list(folder.glob("*.part"))
+    for tar in folder.glob("*.tar"):  # every finished name holds a verified shard (named by its sha256)
+        assert hashlib.sha256(tar.read_bytes()).hexdigest() == tar.stem
+    assert any(name.endswith(".part") for name in left)
