@@ -26,7 +26,7 @@ def alexnet_pipeline(source, cfg: PipelineConfig, norm: dict, gpu: bool, with_pa
     """One graph for every mode and device. `source` (pipelines.source.BatchSource) hands over each batch's
     encoded JPEGs, labels and random view parameters; `norm` holds the mean/std/lighting constants."""
     names = source_outputs(cfg, with_params)
-    batch = dict(zip(names, fn.external_source(source, num_outputs=len(names), batch=True, no_copy=True), strict=True))
+    batch = dict(zip(names, fn.external_source(source, num_outputs=len(names), batch=True), strict=True))
     images = decode(batch["jpegs"], cfg, gpu)
     if norm["mean_image"] is not None:
         # Sec. 2: the mean image is subtracted before cropping, so every window sees its own part of the mean.

@@ -94,7 +94,7 @@ def build_loader(
 def open_window(files: SplitFiles, plan: EpochPlan, ds, store_cache, concurrency: int) -> ShardWindow:
     """The loader's shard window: in place for a local directory; through the node's cache for a store."""
     if store_cache is None:
-        return ShardWindow(files, plan, None, 0, 1)
+        return ShardWindow(files, plan, None, 0, 1)  # local: 2 shards mapped ahead, by one thread
     budget = loader_budget(store_cache.limit, shard_cache.dataset_bytes(ds))
     need = min(plan.max_shards_per_batch() * max(int(e["bytes"]) for e in files.entries), files.bytes)
     if need > budget:

@@ -22,7 +22,7 @@ import contextlib
 import io
 import mmap
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from shards import dali_index
 from shards import format as fmt
-from shards.cache import ShardCache
+from shards.cache import Pin, ShardCache
 
 from .augment import META_BYTES, draw_views
 from .config import PipelineConfig
@@ -113,8 +113,8 @@ class ShardReader:
         self.places = offsets[fmt.IMAGE_EXT].tolist()  # [(offset, size)] of each jpg: plain ints are fastest here
         self.meta = offsets[fmt.META_EXT].tolist()
         with open(path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.map.madvise(mmap.MADV_WILLNEED)  # the kernel reads ahead while earlier batches decode
+            # MAP_POPULATE: the pages mapped in one call (a fault per page costs more than the copy DALI makes)
+            self.map = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
         label_at = offsets[fmt.LABEL_I32_EXT][:, 0]
         raw = np.frombuffer(self.map, np.uint8)[label_at[:, None] + np.arange(4)]  # the 4 bytes of every .lbl
         self.labels = raw.copy().view("<i4")[:, 0].astype(np.int64)
@@ -137,21 +137,21 @@ class ShardReader:
 
 
 class ShardWindow:
-    """The shards the coming batches read: pinned ahead of use in the plan's order, released after their last
-    batch. `cache` None: a local shard directory, read in place."""
+    """The shards the coming batches read, made ready ahead of use in the plan's order and released after their
+    last batch: in a worker thread each is pinned in the cache (fetched and checked, for a store) and memory-mapped,
+    so the reader's thread only picks it up. `cache` None: a local shard directory, read in place."""
 
     def __init__(self, files: SplitFiles, plan: EpochPlan, cache: ShardCache | None, budget: int, concurrency: int):
         self.files, self.plan, self.cache, self.budget = files, plan, cache, budget
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch") if cache else None
-        self.lookahead = 2 * concurrency if cache else 2
-        self.pins: dict[int, object] = {}  # shard -> Future of a Pin (store) or None (local)
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="shards")
+        self.lookahead = 2 * concurrency
+        self.ready: dict[int, Future] = {}  # shard -> Future of (Pin or None, ShardReader)
         self.last_use: dict[int, tuple[int, int]] = {}  # shard -> (epoch, batch) of its last read
-        self.readers: dict[int, ShardReader] = {}
-        self.queue: list[tuple[int, int, int]] = []  # (epoch, shard, last batch) not pinned yet, in order
+        self.queue: list[tuple[int, int, int]] = []  # (epoch, shard, last batch) not made ready yet, in order
         self.planned = -1  # the last epoch whose schedule is in the queue
 
     def readers_for(self, epoch: int, batch: int, shards) -> dict[int, ShardReader]:
-        """Readers of `shards` (what batch `batch` of `epoch` reads); pins ahead and releases what is done."""
+        """Readers of `shards` (what batch `batch` of `epoch` reads); prepares ahead and releases what is done."""
         for shard in [s for s, last in self.last_use.items() if last < (epoch, batch)]:
             self._release(shard)
         self.planned = max(self.planned, epoch - 1)  # a resume starts at its epoch
@@ -159,72 +159,67 @@ class ShardWindow:
             self.planned += 1
             self.queue += [(self.planned, s, last) for s, last in self.plan.schedule(self.planned)]
         self.queue = [q for q in self.queue if (q[0], q[2]) >= (epoch, batch)]
-        self._pin_ahead(epoch, batch, set(shards))
-        out = {}
-        for shard in shards:
-            if shard not in self.readers:
-                self.readers[shard] = self._open(shard)
-            out[shard] = self.readers[shard]
-        return out
+        self._prepare_ahead(epoch, batch, set(shards))
+        return {shard: self.reader(shard) for shard in shards}
 
-    def _pin_ahead(self, epoch: int, batch: int, now: set[int]) -> None:
-        ahead = sum(1 for s in self.pins if s not in now and self.last_use[s] >= (epoch, batch))
+    def _prepare_ahead(self, epoch: int, batch: int, now: set[int]) -> None:
+        ahead = sum(1 for s in self.ready if s not in now and self.last_use[s] >= (epoch, batch))
         while self.queue:
             when, shard, last = self.queue[0]
-            if shard in self.pins:  # read again later on: keep it until then
+            if shard in self.ready:  # read again later on: keep it until then
                 self.last_use[shard] = max(self.last_use[shard], (when, last))
                 self.queue.pop(0)
                 continue
             needed_now = shard in now
-            if not needed_now and (ahead >= self.lookahead or self._pinned_bytes() + self._size(shard) > self.budget):
+            if not needed_now and (ahead >= self.lookahead or self._held_bytes() + self._size(shard) > self.budget):
                 return
             self.queue.pop(0)
-            self.pins[shard] = self._pin(shard)
+            self.ready[shard] = self.pool.submit(self._prepare, shard)
             self.last_use[shard] = (when, last)
-            if self.cache is None:  # a local file: open it now, the kernel starts reading it ahead
-                self.readers[shard] = self._open(shard)
             ahead += not needed_now
 
-    def _pin(self, shard: int):
-        if self.cache is None:
-            return None
+    def _prepare(self, shard: int) -> tuple[Pin | None, ShardReader]:
         url, entry = self.files.urls[shard], self.files.entries[shard]
-        return self.pool.submit(self.cache.pin, url, entry["bytes"], entry["sha256"])
+        pin = self.cache.pin(url, entry["bytes"], entry["sha256"]) if self.cache else None
+        try:
+            return pin, ShardReader(pin.path if pin else url, self.files.index_paths[shard])
+        except BaseException:
+            if pin:
+                pin.release()
+            raise
 
-    def _open(self, shard: int) -> ShardReader:
-        if shard not in self.pins:  # e.g. the first batch after a resume
-            self.pins[shard] = self._pin(shard)
+    def reader(self, shard: int) -> ShardReader:
+        """The shard's reader, waiting for it if need be (and raising its fetch's error); also after its batches are
+        done (naming a bad JPEG after a failed batch), or before it was planned (the first batch after a resume)."""
+        if shard not in self.ready:
+            self.ready[shard] = self.pool.submit(self._prepare, shard)
             self.last_use.setdefault(shard, (0, 0))
-        future = self.pins[shard]
-        path = self.files.urls[shard] if future is None else future.result().path  # raises the fetch's error
-        return ShardReader(path, self.files.index_paths[shard])
-
-    def reopen(self, shard: int) -> ShardReader:
-        """A reader of `shard` even after its batches are done (naming a bad JPEG after a failed batch)."""
-        if shard not in self.readers:
-            self.readers[shard] = self._open(shard)
-        return self.readers[shard]
+        return self.ready[shard].result()[1]
 
     def _release(self, shard: int) -> None:
-        reader = self.readers.pop(shard, None)
-        if reader is not None:
-            reader.close()
-        future = self.pins.pop(shard, None)
+        future = self.ready.pop(shard, None)
         self.last_use.pop(shard, None)
         if future is not None:
-            future.add_done_callback(lambda f: f.exception() is None and f.result().release())
+            future.add_done_callback(_close)
 
     def _size(self, shard: int) -> int:
         return int(self.files.entries[shard]["bytes"])
 
-    def _pinned_bytes(self) -> int:
-        return sum(self._size(s) for s in self.pins)
+    def _held_bytes(self) -> int:
+        return sum(self._size(s) for s in self.ready) if self.cache else 0
 
     def close(self) -> None:
-        for shard in list(self.pins):
+        for shard in list(self.ready):
             self._release(shard)
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _close(future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        pin, reader = future.result()
+        reader.close()
+        if pin:
+            pin.release()
 
 
 class BatchSource:
@@ -241,7 +236,6 @@ class BatchSource:
         self.first = 0  # the batch (counted over all epochs) that iteration 0 of the pipeline reads
         self._order = (None, None)  # (epoch, its order)
         self.recent: list[tuple[np.ndarray, np.ndarray]] = []  # (shards, samples in them) of the last batches
-        self.handed_out: list[list] = []
 
     def start_at(self, epoch: int, batch: int) -> None:
         self.first = epoch * self.plan.batches + batch
@@ -272,8 +266,6 @@ class BatchSource:
         if self.with_meta:
             metas = [readers[s].json(i)[:META_BYTES].ljust(META_BYTES) for s, i in zip(shards, local, strict=True)]
             out.append(np.frombuffer(b"".join(metas), np.uint8).reshape(size, META_BYTES))
-        # no_copy: DALI reads these arrays where they are until the batch has gone through the pipeline
-        self.handed_out = (self.handed_out + [out])[-(self.cfg.prefetch + 2) :]
         return out
 
     def find_bad_jpeg(self) -> str | None:
@@ -283,7 +275,7 @@ class BatchSource:
 
         for shards, local in self.recent:
             for shard, i in zip(shards.tolist(), local.tolist(), strict=True):
-                reader = self.window.reopen(shard)
+                reader = self.window.reader(shard)
                 url, key, jpeg = self.window.files.urls[shard], reader.key(i), bytes(reader.jpeg(i))
                 try:
                     with Image.open(io.BytesIO(jpeg)) as image:
