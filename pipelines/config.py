@@ -32,7 +32,8 @@ class PipelineConfig:
     std: bool = False
     # Output dtype on the device. DALI has no bfloat16: that one is cast by torch after the pipeline.
     dtype: str = "float32"
-    # Seeded shuffle buffer of the webdataset reader (samples; the shards themselves are already shuffled).
+    # Training order: the part's shards in a seeded random order, then the samples mixed within consecutive
+    # blocks of this many (pipelines.source.EpochPlan; the writer already shuffled the split). <= 1: in order.
     shuffle_buffer: int = 1024
     # DALI CPU threads (None: the cores of this process / ranks on CPU, up to 8 per GPU) and batches in flight.
     num_threads: int | None = None

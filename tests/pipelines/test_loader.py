@@ -319,9 +319,9 @@ def test_gpu_decoder_really_runs_on_the_gpu(sample_shards):
 
 @pytest.mark.gpu
 def test_gpu_resume(sample_shards):
-    """Relies on: DALI checkpointing restoring the reader position, shuffle buffer and the random ops' states
-    of a pipeline whose decoder runs on the GPU, and on nvJPEG (and the hardware decoder) decoding the same
-    bytes to the same pixels every time on the same GPU: the batches are compared bit for bit."""
+    """Relies on: a batch being a pure function of its position (pipelines.source), and on nvJPEG (and the
+    hardware decoder) decoding the same bytes to the same pixels every time on the same GPU: the batches are
+    compared bit for bit."""
     kw = dict(batch_size=16, device="cuda", num_threads=2, seed=7)
     full = [(x.cpu(), y.cpu()) for x, y in take(pipelines.build_loader(sample_shards, "train", **kw), 8)]
     loader = pipelines.build_loader(sample_shards, "train", **kw)
