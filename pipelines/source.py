@@ -115,10 +115,8 @@ class ShardReader:
         with open(path, "rb") as f:
             # MAP_POPULATE: the pages mapped in one call (a fault per page costs more than the copy DALI makes)
             self.map = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
-        label_at = offsets[fmt.LABEL_I32_EXT][:, 0]
-        raw = np.frombuffer(self.map, np.uint8)[label_at[:, None] + np.arange(4)]  # the 4 bytes of every .lbl
-        self.labels = raw.copy().view("<i4")[:, 0].astype(np.int64)
-        del raw
+        label_bytes = offsets[fmt.LABEL_I32_EXT][:, :1] + np.arange(4)  # the 4 bytes of every .lbl (a copy)
+        self.labels = np.frombuffer(self.map, np.uint8)[label_bytes].view("<i4")[:, 0].astype(np.int64)
 
     def key(self, i: int) -> str:
         return self.index.key(i)

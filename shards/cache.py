@@ -68,8 +68,8 @@ class CacheStats:
 class Pin:
     """A shard held in the cache for as long as this object is open: `path` is a verified local file."""
 
-    def __init__(self, path: str, size: int, lock_fd: int):
-        self.path, self.size, self._fd = path, size, lock_fd
+    def __init__(self, path: str, lock_fd: int):
+        self.path, self._fd = path, lock_fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -78,10 +78,10 @@ class Pin:
 
 
 class ShardCache:
-    """The cached shards of one dataset URL in one local folder, shared by every process of the node."""
+    """The cached shards of one dataset in one local folder, shared by every process of the node."""
 
-    def __init__(self, root: str, folder: str, limit: int):
-        self.root, self.folder, self.limit = root, folder, int(limit)
+    def __init__(self, folder: str, limit: int):
+        self.folder, self.limit = folder, int(limit)
         self.stats = CacheStats()
         self._stats_lock = threading.Lock()
         os.makedirs(folder, exist_ok=True)
@@ -105,7 +105,7 @@ class ShardCache:
         except BaseException:
             os.close(fd)
             raise
-        return Pin(path, size, fd)
+        return Pin(path, fd)
 
     def _fetch(self, url: str, path: str, size: int, sha256: str) -> None:
         part = path[:-4] + ".part"
@@ -266,7 +266,7 @@ def open_cache(ds, cfg: CacheConfig) -> ShardCache:
         if limit is None:
             limit = default_limit(folder, dataset_bytes(ds))
         try:
-            _open[folder] = ShardCache(ds.root, folder, limit)
+            _open[folder] = ShardCache(folder, limit)
         except OSError as e:
             raise UserError(f"cannot use {folder} as the shard cache ({e.strerror}): choose --cache-dir") from None
     return _open[folder]

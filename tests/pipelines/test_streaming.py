@@ -218,7 +218,7 @@ def test_two_threads_pinning_one_shard_fetch_it_once_and_a_stale_part_is_never_u
     url = f"{moto_s3}/wds"
     upload(sample_shards, url)
     entry = shards.open(sample_shards).shards("train")[0]
-    cache = ShardCache(url, str(tmp_path / "cache"), 10**9)
+    cache = ShardCache(str(tmp_path / "cache"), 10**9)
     part = tmp_path / "cache" / f"{entry['sha256']}.part"
     part.write_bytes(b"what a killed run left")  # not the shard; never read, overwritten
     pins = []
