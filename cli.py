@@ -6,14 +6,20 @@ imports (torch, DALI) happen inside it. A user mistake ends here as one line on 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 import sys
 
 import click
 
+from pipelines.config import MEANS
+from shards.cache import CacheConfig
 from shards.errors import UserError, explain
 from shards.format import DEFAULT_SHARDS
+from shards.stage import stage as copy_to_disk
+from trainer.config import ARCHS, BACKENDS, SCHEDULES, EvalConfig, TrainConfig
 
 
 def user_errors(fn):
@@ -33,30 +39,43 @@ def user_errors(fn):
     return wrapper
 
 
+def setting(owner, name: str, *decls: str, **kwargs):
+    """A click option for the field `name` of the dataclass `owner` (or the parameter `name` of the function
+    `owner`), with its declared default (shown in --help) and type: each setting is declared once, where the
+    command takes it, and the option is named as it."""
+    if dataclasses.is_dataclass(owner):
+        field = next(f for f in dataclasses.fields(owner) if f.name == name)
+        default, annotation = field.default, field.type
+    else:
+        parameter = inspect.signature(owner).parameters[name]
+        default, annotation = parameter.default, parameter.annotation
+    if default is False and "type" not in kwargs:
+        kwargs["is_flag"] = True
+    elif "type" not in kwargs:  # annotations are strings here (from __future__ import annotations): "int | None"
+        kwargs["type"] = {"int": int, "float": float}.get(str(annotation).split(" |")[0], str)
+    if default not in (dataclasses.MISSING, inspect.Parameter.empty):
+        kwargs.setdefault("default", default)
+    kwargs.setdefault("show_default", kwargs.get("default") is not None and kwargs.get("default") is not False)
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, **kwargs)
+
+
 def cache_options(fn):
     """--cache-dir, --cache-limit and --fetch-concurrency of a command that reads shards (shards.cache.CacheConfig),
     handed over as `cache=CacheConfig(...)`."""
-    from shards.cache import CacheConfig
 
-    @click.option(
-        "--cache-dir",
-        default=None,
+    @setting(
+        CacheConfig,
+        "cache_dir",
         help="Shards on a store (s3://, gs://) stream through a cache here, one folder per URL "
         "[default: $XDG_CACHE_HOME/alexnet-wds/shards, else ~/.cache/...].",
     )
-    @click.option(
-        "--cache-limit",
-        default=None,
+    @setting(
+        CacheConfig,
+        "cache_limit",
         metavar="SIZE",
         help="Bytes the cache may hold (200GB, 500MiB, ...) [default: the dataset, at most 80% of the disk].",
     )
-    @click.option(
-        "--fetch-concurrency",
-        type=int,
-        default=CacheConfig.fetch_concurrency,
-        show_default=True,
-        help="Shard downloads in flight per process.",
-    )
+    @setting(CacheConfig, "fetch_concurrency", help="Shard downloads in flight per process.")
     @functools.wraps(fn)
     def wrapper(cache_dir, cache_limit, fetch_concurrency, **options):
         return fn(cache=CacheConfig(cache_dir, cache_limit, fetch_concurrency), **options)
@@ -139,99 +158,90 @@ def verify(shards):
 @main.command()
 @click.option("--shards", required=True, help="Shard directory to copy (usually a URL: s3://...).")
 @click.option("--to", required=True, type=click.Path(), help="Local directory (e.g. on NVMe).")
-@click.option("--workers", type=int, default=16, show_default=True, help="Parallel downloads.")
+@setting(copy_to_disk, "workers", help="Parallel downloads.")
 @user_errors
 def stage(**options):
     """Copy a shard directory to local disk: parallel, resumable, sha256-checked; the result passes verify."""
-    from shards.stage import stage as run
-
-    run(**options)
+    copy_to_disk(**options)
 
 
 # ----------------------------------------------------------------------------------------------- training
 # Options of train/eval/bench are named as the fields of their config (or the parameters of their function),
 # so each command hands its keyword arguments over unchanged.
 @main.command()
-@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
-@click.option("--out", default="./runs/alexnet", show_default=True, help="Run directory.")
-@click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU). Default: all GPUs, else CPU.")
-@click.option("--procs", type=int, default=None, help="N CPU processes over gloo (tests the distributed path).")
-@click.option("--epochs", type=int, default=90, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process (paper: 128).")
-@click.option(
-    "--lr",
-    type=float,
-    default=None,
+@setting(TrainConfig, "shards")
+@setting(TrainConfig, "out", help="Run directory.")
+@setting(TrainConfig, "gpus", help="Processes, one per GPU (0 = CPU). Default: all GPUs, else CPU.")
+@setting(TrainConfig, "procs", help="N CPU processes over gloo (tests the distributed path).")
+@setting(TrainConfig, "epochs")
+@setting(TrainConfig, "batch_size", help="Per process (paper: 128).")
+@setting(
+    TrainConfig,
+    "lr",
     help="Learning rate [default: 0.01, the paper's; with --resume: the checkpoint's, or this value].",
 )
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option(
-    "--resume",
+@setting(TrainConfig, "max_steps", help="Stop after this many optimizer steps.")
+@setting(
+    TrainConfig,
+    "resume",
     type=click.UNPROCESSED,
     is_flag=False,
     flag_value=True,
-    default=False,
     metavar="[auto]",
+    show_default=False,
     help="Continue from RUN/checkpoint.pt exactly where it stopped; `--resume auto`: continue if it exists, "
     "else start (the same command for every submission of a requeued job).",
 )
-@click.option(
-    "--stop-signal",
-    default="USR1",
-    show_default=True,
+@setting(
+    TrainConfig,
+    "stop_signal",
     metavar="SIGNAL",
     help="Also stops the run like SIGTERM and Ctrl-C (finish the step, save, exit); Slurm: --signal=USR1@120.",
 )
-@click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
-@click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
-@click.option(
-    "--mean",
-    type=click.Choice(["channel", "image"]),
-    default="image",
+@setting(TrainConfig, "arch", type=click.Choice(ARCHS), show_default=True)
+@setting(TrainConfig, "schedule", type=click.Choice(SCHEDULES), show_default=True)
+@setting(
+    TrainConfig,
+    "mean",
+    type=click.Choice(MEANS),
     show_default=True,
     help="Subtract the mean image (the paper) or the per-channel mean.",
 )
-@click.option("--compile", is_flag=True, help="torch.compile the model (GPU).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--step-epochs", type=int, default=30, show_default=True, help="--schedule step: /10 every N epochs.")
-@click.option(
-    "--checkpoint-minutes",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Also checkpoint this often within an epoch.",
-)
-@click.option("--log-every", type=int, default=50, show_default=True, help="Steps between log lines/JSONL rows.")
-@click.option("--backend", type=click.Choice(["nccl", "gloo"]), default=None, help="Default: nccl on GPUs, else gloo.")
-@click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
+@setting(TrainConfig, "compile", help="torch.compile the model (GPU).")
+@setting(TrainConfig, "seed")
+@setting(TrainConfig, "step_epochs", help="--schedule step: /10 every N epochs.")
+@setting(TrainConfig, "checkpoint_minutes", help="Also checkpoint this often within an epoch.")
+@setting(TrainConfig, "log_every", help="Steps between log lines/JSONL rows.")
+@setting(TrainConfig, "backend", type=click.Choice(BACKENDS), help="Default: nccl on GPUs, else gloo.")
+@setting(TrainConfig, "workers", help="Loader threads per process (default: the loader's).")
 @cache_options
 @user_errors
 def train(**options):
     """Train AlexNet on the shards (single process, --gpus N, --procs N or under torchrun)."""
-    from trainer.train import TrainConfig, launch
+    from trainer.train import launch
 
     launch(TrainConfig(**options))
 
 
 @main.command(name="eval")
-@click.option("--shards", default=DEFAULT_SHARDS, show_default=True)
-@click.option(
-    "--checkpoint",
+@setting(EvalConfig, "shards")
+@setting(
+    EvalConfig,
+    "checkpoint",
     required=True,
-    type=click.Path(),
     help="RUN/best.pt (the lowest validation top-1 error of the run) or RUN/checkpoint.pt (the latest).",
 )
-@click.option("--ten-crop", is_flag=True, help="Average the softmax of 10 views (paper Sec. 4.1).")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--gpus", type=int, default=None, help="Processes, one per GPU (0 = CPU).")
-@click.option("--procs", type=int, default=None, help="N CPU processes over gloo.")
-@click.option("--workers", type=int, default=None, help="Loader threads per process (default: the loader's).")
-@click.option("--json", "as_json", is_flag=True, help="Also print the result as JSON.")
+@setting(EvalConfig, "ten_crop", help="Average the softmax of 10 views (paper Sec. 4.1).")
+@setting(EvalConfig, "batch_size")
+@setting(EvalConfig, "gpus", help="Processes, one per GPU (0 = CPU).")
+@setting(EvalConfig, "procs", help="N CPU processes over gloo.")
+@setting(EvalConfig, "workers", help="Loader threads per process (default: the loader's).")
+@setting(EvalConfig, "as_json", "--json", help="Also print the result as JSON.")
 @cache_options
 @user_errors
 def evaluate(**options):
     """Top-1/top-5 error of a checkpoint on the validation split."""
-    from trainer.evaluate import EvalConfig, evaluate_command
+    from trainer.evaluate import evaluate_command
 
     evaluate_command(EvalConfig(**options))
 
@@ -311,7 +321,7 @@ def bench_shard(workers, **options):
 @click.option("--batches", type=int, default=50, show_default=True, help="Timed batches (after 5 warm-up).")
 @click.option(
     "--mean",
-    type=click.Choice(["image", "channel"]),
+    type=click.Choice(MEANS),
     default="image",
     show_default=True,
     help="Mean subtraction: the paper's mean image, or per-channel.",
@@ -340,7 +350,7 @@ def bench_loader(**options):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
-@click.option("--arch", type=click.Choice(["alexnet", "alexnet-2012"]), default="alexnet", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default=ARCHS[0], show_default=True)
 @click.option("--workers", type=int, default=None, help="Loader threads (default: the loader's).")
 @click.option("--compile", is_flag=True, help="torch.compile the model (the warm-up steps include compiling).")
 @click.option(

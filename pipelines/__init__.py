@@ -7,6 +7,15 @@ world_size=1, seed=0, **options)` -> iterable of `(images, labels)` with a `len(
 """
 
 from .config import PipelineConfig
-from .loader import DaliLoader, build_loader
 
 __all__ = ["DaliLoader", "PipelineConfig", "build_loader"]
+
+
+def __getattr__(name: str):
+    """The loader (torch, DALI) is imported when first asked for: `pipelines.config` alone stays light (the CLI
+    reads its choices)."""
+    if name in ("DaliLoader", "build_loader"):
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

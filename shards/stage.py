@@ -21,7 +21,7 @@ from .progress import progress_bar
 SIDE_FILES = (fmt.STATS, fmt.MEAN_IMAGE, fmt.TIMM_INFO, "README.md")
 
 
-def stage(shards: str, to: str, workers: int = 8) -> int:
+def stage(shards: str, to: str, workers: int = 16) -> int:
     """Copy the shard directory `shards` (a URL or a path) to `to`; returns the number of bytes fetched."""
     shard_set = ShardSet(shards)
     to = os.path.abspath(to)

@@ -8,34 +8,19 @@ With `--ten-crop` the softmax of the 10 views (4 corners + centre, and their mir
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from shards.cache import CacheConfig
 from shards.errors import UserError
-from shards.format import DEFAULT_SHARDS
 
 from . import distributed
 from .checkpoint import load_checkpoint
+from .config import EvalConfig
 from .device import autocast, place_model, setup_device, to_model_input
 from .distributed import DistInfo, all_reduce_sum
 from .metrics import errors_from_counts, ten_crop_probs, topk_correct
 from .model import build_model
-
-
-@dataclass
-class EvalConfig:
-    shards: str = DEFAULT_SHARDS
-    checkpoint: str = "./runs/alexnet/checkpoint.pt"
-    ten_crop: bool = False  # Sec. 4.1: average the softmax over 10 patches
-    batch_size: int = 128  # images per process (10 views each with ten_crop)
-    gpus: int | None = None
-    procs: int | None = None
-    workers: int | None = None
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    as_json: bool = False
 
 
 @torch.no_grad()

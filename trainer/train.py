@@ -33,9 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from shards import io as store
-from shards.cache import CacheConfig
 from shards.errors import UserError
-from shards.format import DEFAULT_SHARDS
 
 from . import distributed
 from .checkpoint import (
@@ -47,49 +45,17 @@ from .checkpoint import (
     save_state,
     set_rng_state,
 )
+from .config import ARCHS, BACKENDS, MEANS, SCHEDULES, TrainConfig
 from .device import autocast, place_model, setup_device, to_model_input
 from .distributed import DistInfo, say
 from .evaluate import evaluate_loader
 from .metrics import Interval, MetricsLog, NonFiniteLoss
-from .model import ARCHS, build_model, describe
+from .model import build_model, describe
 from .preempt import RunLock, StopRequest, stop_signals
 from .schedule import make_scheduler, schedule_step, set_lr
 
 CONFIG_NAME = "config.json"
 PAPER_LR = 0.01
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of `cli.py train` (the CLI's options have these names); the paper's defaults (Sec. 5)."""
-
-    shards: str = DEFAULT_SHARDS
-    out: str = "./runs/alexnet"
-    gpus: int | None = None  # processes, one per GPU; 0 = CPU; None = all visible GPUs, else CPU
-    procs: int | None = None  # N CPU processes over gloo
-    backend: str | None = None  # None: nccl on GPUs, gloo on CPU
-    epochs: int = 90  # "roughly 90 cycles through the training set"
-    batch_size: int = 128  # per process
-    lr: float | None = None  # None: 0.01 (the paper) for a new run, the checkpoint's lr on --resume
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "plateau"  # "plateau": /10 when validation error stops improving; "step": /10 every N
-    lr_factor: float = 0.1
-    plateau_patience: int = 5  # our choice: the paper does not say how long "stopped improving" is
-    step_epochs: int = 30  # --schedule step (torchvision's reference recipe)
-    dropout: float = 0.5  # Sec. 4.2
-    arch: str = "alexnet"  # or "alexnet-2012" (two towers, Fig. 2)
-    mean: str = "image"  # Sec. 2: subtract the mean image of the training set; or "channel" (RGB)
-    max_steps: int | None = None  # stop after this many optimizer steps (counted over the whole run)
-    resume: bool | str = False  # True: continue RUN/checkpoint.pt; "auto": continue it if it exists, else start
-    stop_signal: str | None = "USR1"  # stops the run like SIGTERM and SIGINT do (Slurm: --signal=USR1@120)
-    compile: bool = False  # torch.compile (CUDA only)
-    seed: int = 0
-    checkpoint_minutes: float = 30.0
-    log_every: int = 50  # steps between human lines / JSONL rows (the only host syncs)
-    workers: int | None = None  # loader threads per process (None: the loader's default)
-    cache: CacheConfig = field(default_factory=CacheConfig)  # shards on a store: the node-local cache
-    progress: bool = True  # a progress bar on a terminal (never when stderr is not a TTY)
 
 
 @dataclass
@@ -131,9 +97,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1 (got {cfg.max_steps})")
-    if cfg.arch not in ARCHS or cfg.schedule not in ("plateau", "step") or cfg.mean not in ("channel", "image"):
+    if cfg.arch not in ARCHS or cfg.schedule not in SCHEDULES or cfg.mean not in MEANS:
         raise UserError(f"unknown --arch/--schedule/--mean: {cfg.arch}/{cfg.schedule}/{cfg.mean}")
-    if cfg.backend not in (None, "nccl", "gloo"):
+    if cfg.backend not in (None, *BACKENDS):
         raise UserError(f"--backend must be nccl or gloo (got {cfg.backend})")
     if cfg.resume not in (True, False, "auto"):
         raise UserError(f"--resume takes no value, or auto (got {cfg.resume!r})")
