@@ -23,7 +23,8 @@ from .layout import chunk, load_sum, partial_image_path, work_dir
 from .parallel import run_tasks
 from .progress import progress_bar
 from .sources import Item, find_splits
-from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
+from .stats import PixelSums
+from .stats_command import current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .transform import FILTERS, RESIZE_FILTER
 from .writer import ShardTask, finished_records
 
