@@ -243,7 +243,8 @@ def _remove_unplanned(tasks: list[ShardTask]) -> None:
 def _split_entry(records: list[dict]) -> dict:
     shards = [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records]
     skipped = [s for r in records for s in r["skipped"]]
-    return {"count": sum(r["count"] for r in records), "shards": shards, "skipped": skipped}
+    repaired = [s for r in records for s in r.get("repaired", [])]  # records of older runs have none
+    return {"count": sum(r["count"] for r in records), "shards": shards, "skipped": skipped, "repaired": repaired}
 
 
 def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
@@ -269,14 +270,19 @@ def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
 
 def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:
     for split in found:
-        entry, skipped = manifest["splits"][split], manifest["splits"][split]["skipped"]
+        entry = manifest["splits"][split]
         print(f"{split}: {entry['count']:,} images in {len(entry['shards'])} shards -> {store.join(cfg.out, split)}")
-        if skipped:
-            print(f"{split}: skipped {len(skipped)} unreadable inputs (listed in {fmt.MANIFEST}):")
-            for s in skipped[:10]:
-                print(f"  {s['path']}: {s['reason']}")
-            if len(skipped) > 10:
-                print(f"  ... and {len(skipped) - 10} more")
+        _list_inputs(f"{split}: repaired {len(entry['repaired'])} inputs, kept", entry["repaired"])
+        _list_inputs(f"{split}: skipped {len(entry['skipped'])} unreadable inputs", entry["skipped"])
     if "train" in found:
         print(format_table(store.read_json(store.join(cfg.out, fmt.STATS))))
     print(f"manifest: {store.join(cfg.out, fmt.MANIFEST)}")
+
+
+def _list_inputs(title: str, inputs: list[dict], shown: int = 10) -> None:
+    if inputs:
+        print(f"{title} (listed in {fmt.MANIFEST}):")
+        for s in inputs[:shown]:
+            print(f"  {s['path']}: {s['reason']}")
+        if len(inputs) > shown:
+            print(f"  ... and {len(inputs) - shown} more")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -160,9 +161,52 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
 
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+MISSING_EOI = "end-of-image marker missing after complete scan data: added"
+# after the scan header, any marker but a stuffed 0xFF00, a restart marker or fill bytes ends the scan data
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def add_missing_eoi(data: bytes) -> bytes | None:
+    """`data` with its EOI marker appended if that is all it lacks, else None.
+
+    Cameras and crawlers leave such files; libjpeg, DALI and browsers decode them with a warning. Only what can be
+    checked is repaired: a sequential JPEG with one scan of all its components, whose entropy-coded data then
+    decodes to the last pixel without a warning. A file cut inside its scan data fails that decode (libjpeg would
+    pad it with grey), and a progressive JPEG cut between scans decodes without one (blurred), so both stay
+    unreadable.
+    """
+    if data[:2] != SOI or data[-2:] == EOI:
+        return None
+    pos, frame_components = 2, None
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in (0xC0, 0xC1) and pos + 9 < len(data):  # baseline / extended sequential, Huffman-coded
+            frame_components = data[pos + 9]
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
+            return None
+        elif marker == 0xDA:
+            if frame_components is None or data[pos + 4] != frame_components:
+                return None
+            if _NEXT_MARKER.search(data, pos + 2 + length):  # another scan, or an EOI followed by other bytes
+                return None
+            repaired = data + EOI
+            try:
+                _, _, colorspace, _ = simplejpeg.decode_jpeg_header(repaired)
+                simplejpeg.decode_jpeg(repaired, colorspace="CMYK" if colorspace in ("CMYK", "YCCK") else "RGB")
+            except ValueError:  # strict: any libjpeg warning (premature end of the scan data) is an error
+                return None
+            return repaired
+        pos += 2 + length
+    return None
+
+
 def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Image bytes -> (RGB uint8 HWC, stored (width, height)); large JPEGs come out DCT-scaled, still >= size."""
-    if data[:2] == b"\xff\xd8":
+    if data[:2] == SOI:
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if width * height > 2 * Image.MAX_IMAGE_PIXELS:

@@ -21,7 +21,7 @@ from .imagehash import image_hashes
 from .layout import compact_sum_bytes, partial_image_path, record_path
 from .sources import Item
 from .stats import PixelSums
-from .transform import BadImage, transform
+from .transform import MISSING_EOI, BadImage, add_missing_eoi, transform
 
 TAR_MTIME = 0  # fixed owner, mode and time: same inputs + seed -> byte-identical shards
 
@@ -96,14 +96,16 @@ class TarBuilder:
 def build_shard(task: ShardTask, progress=None) -> dict:
     """Transform every item of the task, write tar + idx (+ partial sums), return the shard's record."""
     store.tune_worker()  # a Dask worker runs no pool initializer
-    builder, sums, skipped = TarBuilder(), PixelSums.zero(task.size, task.mean_image), []
+    builder, sums, skipped, repaired = TarBuilder(), PixelSums.zero(task.size, task.mean_image), [], []
     fingerprints = []  # [key, digest, phash] per sample, for the duplicate report (duplicates.py)
     for item, label in zip(task.items, task.labels, strict=True):
         try:
-            jpeg, pixels, (width, height) = transform(item.read(), task.size, task.quality, task.resample)
+            jpeg, pixels, (width, height), repair = transform_or_repair(item.read(), task)
         except BadImage as e:
             skipped.append({"path": item.source, "reason": str(e)})
         else:
+            if repair:
+                repaired.append({"path": item.source, "reason": repair})
             meta = {"wnid": item.wnid, "source": item.source, "width": width, "height": height}
             meta.update(image_hashes(jpeg, pixels))  # "digest", "phash"
             fingerprints.append([item.key, meta["digest"], meta["phash"]])
@@ -120,6 +122,7 @@ def build_shard(task: ShardTask, progress=None) -> dict:
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "skipped": skipped,
+        "repaired": repaired,
         "plan": task.plan_digest(),
         "sums": sums.to_json(),
     }
@@ -132,6 +135,18 @@ def build_shard(task: ShardTask, progress=None) -> dict:
     # the record is the commit marker: written last; a shard without one is redone by the next run
     store.write_atomically(record_path(task.work, task.name), json.dumps(record))
     return record
+
+
+def transform_or_repair(data: bytes, task: ShardTask):
+    """transform()'s outputs and None; or, for an input whose only fault is a missing end-of-image marker, the
+    outputs of the repaired input and the reason (transform.add_missing_eoi). BadImage for anything else."""
+    try:
+        return *transform(data, task.size, task.quality, task.resample), None
+    except BadImage:
+        repaired = add_missing_eoi(data)
+        if repaired is None:
+            raise
+        return *transform(repaired, task.size, task.quality, task.resample), MISSING_EOI
 
 
 def finished_records(tasks: list[ShardTask]) -> dict[int, dict]:
