@@ -123,7 +123,8 @@ def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FI
     Resampling only the centred square (plus the filter's context, `axis_window`) at the exact scale gives the
     pixels of "resize, then crop the centre" (see `resize_shorter_side` + `center_crop`) without computing the
     parts the crop throws away, also when the square starts half a pixel off the grid (odd width - height).
-    PyTorch's uint8 antialiased kernels (AVX2) run ~3x faster than PIL's. Small images are upscaled.
+    PyTorch's uint8 antialiased kernels (AVX2) are faster than PIL's (docs/benchmarks.md). Small images are
+    upscaled.
     """
     height, width = rgb.shape[:2]
     side = min(width, height)
@@ -135,7 +136,9 @@ def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FI
     scale = size / side
     upsample = {"bicubic": torch.ops.aten._upsample_bicubic2d_aa, "bilinear": torch.ops.aten._upsample_bilinear2d_aa}
     out = upsample[resample](region, [dy + size, dx + size], False, scale, scale)  # grid anchored at (top, left)
-    return out[0, :, dy : dy + size, dx : dx + size].permute(1, 2, 0).numpy()
+    rows = out[0].permute(1, 2, 0).numpy().reshape(dy + size, -1)  # channels_last: each row is contiguous RGB
+    # copied as whole rows: numpy copies the 3-D view pixel by pixel, several times slower
+    return np.ascontiguousarray(rows[dy:, 3 * dx : 3 * (dx + size)]).reshape(size, size, 3)
 
 
 def resize_shorter_side(image: Image.Image, size: int, resample: str = RESIZE_FILTER) -> Image.Image:
@@ -226,7 +229,7 @@ def transform(data: bytes, size: int = 256, quality: int = 90, resample: str = R
 
     The pixels returned are decoded back from the JPEG written, i.e. exactly what a reader of the shards
     gets: statistics over pre-encoding pixels would overstate the chroma variance that 4:2:0 JPEG removes
-    (PCA eigenvalues off by 2-3%). Decoding 256x256 costs ~0.4 ms, a small share of the work.
+    (PCA eigenvalues off by 2-3%).
     """
     rgb, original = decode_rgb(data, size)
     jpeg = encode_jpeg(resize_and_center_crop(rgb, size, resample), quality)
