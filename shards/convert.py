@@ -20,7 +20,7 @@ from .card import finish_run
 from .classnames import attach_class_names
 from .errors import UserError
 from .layout import chunk, load_sum, partial_image_path, work_dir
-from .parallel import run_tasks
+from .parallel import run_tasks, start_workers_server
 from .progress import progress_bar
 from .sources import Item, find_splits
 from .stats import PixelSums
@@ -58,6 +58,8 @@ class ShardConfig:
 def convert(cfg: ShardConfig) -> dict:
     """Run the whole offline stage; returns the manifest."""
     _check_config(cfg)
+    if not cfg.cluster:
+        start_workers_server()  # it imports torch while we find the inputs (parallel.py)
     cfg.src, cfg.out = store.absolute(cfg.src), store.absolute(cfg.out)  # cluster workers have other cwds
     print(f"shard: {json.dumps(asdict(cfg))}")
     found = find_splits(cfg.src, cfg.split, cfg.val_labels)

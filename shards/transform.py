@@ -5,6 +5,9 @@ Fast path (ordinary YCbCr/grayscale JPEGs, i.e. nearly all of ImageNet): libjpeg
 (decode with DCT scaling for large images, encode), PyTorch's antialiased uint8 resize. Everything else
 (CMYK, PNG named .JPEG, palette, alpha, 16-bit) goes through PIL. `resize_shorter_side` + `center_crop`
 are the plain PIL reference the fast path is tested against.
+
+torch is imported on the first resize, not with this module: the process that plans a run never resizes, and
+the pool's workers get it from the process they are forked from, which imports it once (parallel.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import warnings
 
 import numpy as np
 import simplejpeg
-import torch
 from PIL import Image, ImageFile
 
 # Truncated files are an error, never half an image (PIL's default, stated so nobody flips it globally).
@@ -126,6 +128,8 @@ def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FI
     PyTorch's uint8 antialiased kernels (AVX2) are faster than PIL's (docs/benchmarks.md). Small images are
     upscaled.
     """
+    import torch  # on first use (module docstring)
+
     height, width = rgb.shape[:2]
     side = min(width, height)
     top, bottom, dy = axis_window(height, side, size, resample)

@@ -106,6 +106,18 @@ def test_workers_that_cannot_import_the_project_is_one_line(sample_tree, tmp_pat
     assert not (tmp_path / "wds" / "train").exists() or os.listdir(tmp_path / "wds" / "train") == []
 
 
+def settled_count(work, quiet_s: float = 3.0) -> int:
+    """Committed shard records in `work`, once no new one has appeared for `quiet_s` (a task here takes ~1 s)."""
+    count, since = -1, time.monotonic()
+    while True:
+        now = len([n for n in os.listdir(work) if n.endswith(".tar.json")])
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since > quiet_s:
+            return count
+        time.sleep(0.1)
+
+
 def test_interrupted_driver_keeps_committed_shards(sample_tree, sample_shards, dask_cluster, tmp_path):
     out = tmp_path / "wds"
     proc = subprocess.Popen(
@@ -138,7 +150,7 @@ def test_interrupted_driver_keeps_committed_shards(sample_tree, sample_shards, d
     if proc.returncode == 0:
         pytest.skip("the run finished before the interrupt arrived")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
-    committed = len([n for n in os.listdir(work) if n.endswith(".tar.json")])
+    committed = settled_count(work)  # tasks already running when the driver stopped still finish and commit
     rerun = shard_cli(sample_tree, out, "--cluster", dask_cluster.address)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"train: {committed} of 5 shards already finished" in rerun.stdout or committed == 5

@@ -129,6 +129,13 @@ def test_hard_cases_are_kept_or_skipped_and_listed(tmp_path, capsys):
     assert find_problems(str(tmp_path / "out")) == []
 
 
+def test_the_process_that_plans_a_run_never_imports_torch():
+    """Start-up: torch is imported once, by the process the pool's workers are forked from (shards/parallel.py)."""
+    code = "import sys, shards.convert, shards.api, shards.stats_command; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_archives_give_the_same_samples_as_folders(tmp_path):
     folders = make_sample_tree(str(tmp_path / "f"), num_classes=3, train_per_class=4, val_per_class=2)
     tars = make_sample_tree(str(tmp_path / "t"), num_classes=3, train_per_class=4, val_per_class=2, layout="tars")
