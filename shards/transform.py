@@ -136,7 +136,9 @@ def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FI
     left, right, dx = axis_window(width, side, size, resample)
     region = rgb[top:bottom, left:right]
     region = torch.from_numpy(region if region.flags.writeable else region.copy())  # torch wants writable memory
-    region = region.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # fast uint8 path
+    # NHWC memory seen as NCHW (unsqueeze first: its batch stride then spans the image): torch's fast uint8 path,
+    # which returns channels_last too; a batch stride of 3 makes it return NCHW, copied over at a cost
+    region = region.unsqueeze(0).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     scale = size / side
     upsample = {"bicubic": torch.ops.aten._upsample_bicubic2d_aa, "bilinear": torch.ops.aten._upsample_bilinear2d_aa}
     out = upsample[resample](region, [dy + size, dx + size], False, scale, scale)  # grid anchored at (top, left)
