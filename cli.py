@@ -139,7 +139,7 @@ def shard(workers, **options):
 @user_errors
 def stats(shards, recompute, workers):
     """Print (and write) stats.json: per-channel mean/std and the RGB PCA of the training split."""
-    from shards.stats import stats_command
+    from shards.stats_command import stats_command
 
     stats_command(shards, recompute=recompute, workers=workers or os.cpu_count())
 

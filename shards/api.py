@@ -69,6 +69,10 @@ class ShardSet:
     def skipped(self, split: str) -> list[dict]:
         return list(self._split(split)["skipped"])
 
+    def repaired(self, split: str) -> list[dict]:
+        """Inputs kept after a repair (a JPEG whose end marker was missing), with the reason."""
+        return list(self._split(split).get("repaired", []))  # manifests before the field have none
+
     @property
     def stats(self) -> Stats:
         path = store.join(self.root, fmt.STATS)

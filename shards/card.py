@@ -151,13 +151,22 @@ def skipped_section(manifest: dict) -> str:
         skipped = manifest["splits"].get(split, {}).get("skipped", [])
         if skipped:
             rows.append(f"{split}: {len(skipped):,} input(s) could not be read and are not in the shards:\n")
-            rows += [f"- `{s['path']}`: {s['reason']}" for s in skipped[:LISTED]]
-            if len(skipped) > LISTED:
-                rows.append(f"- ... and {len(skipped) - LISTED:,} more (`splits.{split}.skipped` in `{fmt.MANIFEST}`)")
-            rows.append("")
+            rows += listed(skipped, f"splits.{split}.skipped")
     if len(rows) == 1:
         rows.append("None: every input was read.\n")
+    for split in fmt.SPLITS:
+        repaired = manifest["splits"].get(split, {}).get("repaired", [])
+        if repaired:
+            rows.append(f"{split}: {len(repaired):,} input(s) were repaired before decoding and are in the shards:\n")
+            rows += listed(repaired, f"splits.{split}.repaired")
     return "\n".join(rows)
+
+
+def listed(inputs: list[dict], where: str) -> list[str]:
+    rows = [f"- `{s['path']}`: {s['reason']}" for s in inputs[:LISTED]]
+    if len(inputs) > LISTED:
+        rows.append(f"- ... and {len(inputs) - LISTED:,} more (`{where}` in `{fmt.MANIFEST}`)")
+    return rows + [""]
 
 
 def duplicates_section(manifest: dict) -> str:

@@ -20,10 +20,11 @@ from .card import finish_run
 from .classnames import attach_class_names
 from .errors import UserError
 from .layout import chunk, load_sum, partial_image_path, work_dir
-from .parallel import run_tasks
+from .parallel import run_tasks, start_workers_server
 from .progress import progress_bar
 from .sources import Item, find_splits
-from .stats import PixelSums, current_stats, format_table, recompute_stats, shards_digest, write_stats
+from .stats import PixelSums
+from .stats_command import current_stats, format_table, recompute_stats, shards_digest, write_stats
 from .transform import FILTERS, RESIZE_FILTER
 from .writer import ShardTask, finished_records
 
@@ -57,6 +58,8 @@ class ShardConfig:
 def convert(cfg: ShardConfig) -> dict:
     """Run the whole offline stage; returns the manifest."""
     _check_config(cfg)
+    if not cfg.cluster:
+        start_workers_server()  # it imports torch while we find the inputs (parallel.py)
     cfg.src, cfg.out = store.absolute(cfg.src), store.absolute(cfg.out)  # cluster workers have other cwds
     print(f"shard: {json.dumps(asdict(cfg))}")
     found = find_splits(cfg.src, cfg.split, cfg.val_labels)
@@ -242,7 +245,8 @@ def _remove_unplanned(tasks: list[ShardTask]) -> None:
 def _split_entry(records: list[dict]) -> dict:
     shards = [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records]
     skipped = [s for r in records for s in r["skipped"]]
-    return {"count": sum(r["count"] for r in records), "shards": shards, "skipped": skipped}
+    repaired = [s for r in records for s in r.get("repaired", [])]  # records of older runs have none
+    return {"count": sum(r["count"] for r in records), "shards": shards, "skipped": skipped, "repaired": repaired}
 
 
 def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
@@ -268,14 +272,19 @@ def _finish_stats(cfg: ShardConfig, records: list[dict]) -> None:
 
 def _report(cfg: ShardConfig, manifest: dict, found: dict) -> None:
     for split in found:
-        entry, skipped = manifest["splits"][split], manifest["splits"][split]["skipped"]
+        entry = manifest["splits"][split]
         print(f"{split}: {entry['count']:,} images in {len(entry['shards'])} shards -> {store.join(cfg.out, split)}")
-        if skipped:
-            print(f"{split}: skipped {len(skipped)} unreadable inputs (listed in {fmt.MANIFEST}):")
-            for s in skipped[:10]:
-                print(f"  {s['path']}: {s['reason']}")
-            if len(skipped) > 10:
-                print(f"  ... and {len(skipped) - 10} more")
+        _list_inputs(f"{split}: repaired {len(entry['repaired'])} inputs, kept", entry["repaired"])
+        _list_inputs(f"{split}: skipped {len(entry['skipped'])} unreadable inputs", entry["skipped"])
     if "train" in found:
         print(format_table(store.read_json(store.join(cfg.out, fmt.STATS))))
     print(f"manifest: {store.join(cfg.out, fmt.MANIFEST)}")
+
+
+def _list_inputs(title: str, inputs: list[dict], shown: int = 10) -> None:
+    if inputs:
+        print(f"{title} (listed in {fmt.MANIFEST}):")
+        for s in inputs[:shown]:
+            print(f"  {s['path']}: {s['reason']}")
+        if len(inputs) > shown:
+            print(f"  ... and {len(inputs) - shown} more")

@@ -2,8 +2,8 @@
 
 `digest`: the exact content: blake2b-64 of the image's JPEG bytes in the shard. The decoded pixels are a function
 of those bytes and the encoder is deterministic (same pixels in, same bytes out), so equal digests = identical
-decoded 256x256 images. Hashing the ~23 KB JPEG costs ~0.017 ms, the 196 KB of pixels ~0.14 ms (10% of the
-worker's time per image; bench/hash_cost.py).
+decoded 256x256 images, and the ~23 KB JPEG is several times fewer bytes to hash than the 196 KB of pixels
+(costs: docs/benchmarks.md, `python -m bench.worker_cost`).
 `phash`: a 64-bit perceptual hash (DCT hash): the image as 32x32 luma (mean of 8x8 pixel blocks: an exact,
 antialiased reduction of 256x256), its 2-D DCT-II, the lowest 8x8 frequencies, each bit = coefficient > their
 median. Re-encoding, resizing by 10-20% or a slightly different framing flip few bits; different pictures differ

@@ -416,13 +416,17 @@ def init_worker_process() -> None:
 
 def tune_worker() -> None:
     """What every shard worker process needs, in a local pool or on a Dask worker (idempotent, cheap):
-    - one image at a time: torch's resize would otherwise start a thread per core in each worker process;
+    - one image at a time: torch's resize would otherwise start a thread per core in each worker process (set
+      now if torch is imported, else through the variable its OpenMP runtime reads when imported, on the first
+      resize);
     - glibc's malloc as in a plain process. Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, and
       setting any malloc threshold turns off glibc's dynamic mmap threshold: every image-sized buffer (over
-      128 KiB) is then mmapped and unmapped again, page faults included. Measured in a Dask worker: 0.30 s per
-      100-image shard instead of 0.16 s. Fixed thresholds above our buffers' sizes give the speed back."""
+      128 KiB) is then mmapped and unmapped again, page faults included, which slows a worker down
+      (docs/benchmarks.md). Fixed thresholds above our buffers' sizes give the speed back."""
     if "torch" in sys.modules:  # verify and stats never import it
         sys.modules["torch"].set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"
     global _malloc_tuned
     if _malloc_tuned or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
         return

@@ -50,8 +50,8 @@ def partial_image_path(work: str, name: str) -> str:
 
 def compact_sum_bytes(image_sum: np.ndarray) -> bytes:
     """The per-pixel uint32 sum of a shard, small: the smallest unsigned dtype that holds it, its bytes split
-    into planes (the high bytes of neighbouring pixels are nearly equal) and deflated: the 768 KiB .npy of
-    a shard becomes 235 KiB (16 images) to 344 KiB (1000 images), in 5-12 ms (bench/partial_sum_size.py)."""
+    into planes (the high bytes of neighbouring pixels are nearly equal) and deflated to about a third of the
+    768 KiB .npy (sizes and times: docs/benchmarks.md, `python -m bench.partial_sum_size`)."""
     dtype = np.uint8 if image_sum.max(initial=0) < 2**8 else np.uint16 if image_sum.max() < 2**16 else np.uint32
     values = np.ascontiguousarray(image_sum, dtype=dtype)
     planes = values.view(np.uint8).reshape(-1, values.itemsize).T.copy()  # byte plane 0, 1, ... (little-endian)
@@ -66,11 +66,8 @@ def compact_sum_bytes(image_sum: np.ndarray) -> bytes:
 
 
 def load_sum(path: str) -> np.ndarray:
-    """The uint32 per-pixel sum written by compact_sum_bytes (or a plain .npy from an earlier version)."""
-    loaded = np.load(io.BytesIO(store.read_bytes(path)))
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
+    """The uint32 per-pixel sum written by compact_sum_bytes."""
+    with np.load(io.BytesIO(store.read_bytes(path))) as loaded:
         itemsize, shape = int(loaded["itemsize"]), tuple(int(v) for v in loaded["shape"])
         planes = np.frombuffer(zlib.decompress(loaded["planes"].tobytes()), np.uint8).reshape(itemsize, -1)
     dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}[itemsize]

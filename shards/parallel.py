@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -43,12 +44,30 @@ def run_tasks(todo: list[ShardTask], workers: int, cluster: str | None, bar) -> 
         ) from None
 
 
+# The local pool's workers are forked from a process that has imported these once (multiprocessing's
+# forkserver): torch takes over a second to import, and is then paid once per run, not once per worker, while the
+# driver finds the inputs and plans the shards. shards.writer is preloaded when the server can import it (the
+# same checkout or an installed package); otherwise each worker imports our own modules, a few milliseconds.
+PRELOAD = ["numpy", "PIL.Image", "simplejpeg", "torch", "shards.writer"]
+_START_METHOD = "forkserver"
+
+
+def start_workers_server() -> None:
+    """Start the process the local pool's workers are forked from, so that its imports overlap the planning."""
+    import multiprocessing.forkserver
+
+    mp.set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+
+
 _progress = None  # in a pool process: the images counter shared with the parent
 
 
-def _init_worker(counter) -> None:
+def _init_worker(counter, environ: dict) -> None:
     global _progress
     _progress = counter
+    os.environ.clear()  # the driver's environment now (object-store credentials), not the server's at its start
+    os.environ.update(environ)
     store.init_worker_process()
 
 
@@ -59,10 +78,12 @@ def _run_task(task: ShardTask) -> dict:
 def run_local(todo: list[ShardTask], workers: int, bar) -> list[dict]:
     """A fork pool of `workers` processes; on any failure (Ctrl-C, a full disk) it is stopped and its
     half-written temporaries removed before the exception goes on."""
-    ctx = mp.get_context("fork")
+    start_workers_server()
+    ctx = mp.get_context(_START_METHOD)
     counter = ctx.Value("q", 0)
+    processes = max(1, min(workers, len(todo)))
     try:
-        with ctx.Pool(max(1, min(workers, len(todo))), initializer=_init_worker, initargs=(counter,)) as pool:
+        with ctx.Pool(processes, initializer=_init_worker, initargs=(counter, dict(os.environ))) as pool:
             pending = pool.map_async(_run_task, todo, chunksize=1)
             while not pending.ready():
                 pending.wait(0.25)
@@ -115,7 +136,9 @@ def check_environment(client, address: str) -> None:
             "start `dask scheduler` with the project's .venv and PYTHONPATH=/path/to/checkout, or "
             "`pip install /path/to/checkout` in its environment"
         ) from None
-    results = client.run(exec, "import shards.writer", on_error="return")
+    # the workers import what the writer needs now (torch too, which it imports on the first resize): a worker
+    # without it fails here with this message, not in its first task, and no task pays for the import
+    results = client.run(exec, "import " + ", ".join(PRELOAD), on_error="return")
     broken = {worker: error for worker, error in results.items() if isinstance(error, BaseException)}
     if broken:
         worker, error = sorted(broken.items())[0]

@@ -1,24 +1,18 @@
-"""Training-set statistics: per-channel mean/std, RGB covariance and its PCA (AlexNet lighting), mean image.
+"""Training-set statistics, the maths only: per-channel mean/std, RGB covariance and its PCA (AlexNet lighting),
+mean image. No I/O: stats_command.py reads and writes stats.json and runs `cli.py stats`.
 
-Partial sums are exact integers (uint16 products summed in uint64, merged as Python ints), so merging the sums of
-many shards in any order gives bit-identical results. Sec. 4.1 of Krizhevsky et al. 2012: PCA "on the set
-of RGB pixel values throughout the ImageNet training set".
+Partial sums are exact integers (merged as Python ints), so merging the sums of many shards in any order gives
+bit-identical results. Sec. 4.1 of Krizhevsky et al. 2012: PCA "on the set of RGB pixel values throughout the
+ImageNet training set".
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import format as fmt
-from . import io as store
-from .duplicates import print_summary as print_duplicate_summary
 from .errors import UserError
-from .progress import progress_bar
 
 
 @dataclass
@@ -65,18 +59,25 @@ class PixelSums:
         return cls(d["images"], d["pixels"], list(d["sum"]), [list(r) for r in d["outer"]], image_sum)
 
 
+PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # the distinct entries of x x^T
+
+
 def gram_and_sums(rgb: np.ndarray) -> tuple[list[list[int]], list[int]]:
     """Exact sum of x x^T (3x3) and of x (3) over the pixels of an RGB uint8 image, as Python ints.
 
-    A product of two uint8 values fits uint16 (255 * 255 < 2**16), so products are taken in uint16 and summed
-    into uint64: exact integer arithmetic, about 40% faster than float matmuls over 256-pixel blocks.
+    Integer arithmetic on contiguous channel planes: a product of two uint8 values fits uint16 (255 * 255 < 2**16)
+    and the sum of 66,051 of them fits uint32, a 256x256 image's 65,536 products included (uint64 for larger
+    images). float64 BLAS would be exact too, but its 3 x n by n x 3 product is slower (docs/benchmarks.md).
     """
-    pixels = rgb.reshape(-1, 3)
-    r, g, b = (pixels[:, i].astype(np.uint16) for i in range(3))
-    total = lambda v: int(np.add.reduce(v, dtype=np.uint64))  # noqa: E731
-    rg, rb, gb = total(r * g), total(r * b), total(g * b)
-    gram = [[total(r * r), rg, rb], [rg, total(g * g), gb], [rb, gb, total(b * b)]]
-    return gram, [total(r), total(g), total(b)]
+    n = rgb.size // 3
+    planes = np.ascontiguousarray(rgb.reshape(n, 3).T, dtype=np.uint16)  # R, G, B rows
+    products = np.empty((len(PAIRS), n), np.uint16)
+    for row, (a, b) in zip(products, PAIRS, strict=True):
+        np.multiply(planes[a], planes[b], out=row)
+    wide = np.uint32 if n * 255 * 255 < 2**32 else np.uint64
+    rr, gg, bb, rg, rb, gb = np.add.reduce(products, axis=1, dtype=wide).tolist()
+    sums = np.add.reduce(planes, axis=1, dtype=np.uint64).tolist()
+    return [[rr, rg, rb], [rg, gg, gb], [rb, gb, bb]], sums
 
 
 def finalize(sums: PixelSums) -> dict:
@@ -106,96 +107,3 @@ def finalize(sums: PixelSums) -> dict:
 def mean_image(sums: PixelSums) -> np.ndarray:
     """The paper's mean image (Sec. 2: "subtracting the mean activity over the training set from each pixel")."""
     return (sums.image_sum.astype(np.float64) / max(sums.images, 1)).astype(np.float32)
-
-
-def shards_digest(shards: list[dict]) -> str:
-    """Identifies the training shards statistics were computed from (their sha256 in order)."""
-    return hashlib.sha256("\n".join(s["sha256"] for s in shards).encode()).hexdigest()
-
-
-def current_stats(root: str, digest: str) -> dict | None:
-    """stats.json if it was computed from exactly these shards (and the mean image is there), else None."""
-    try:
-        stats = store.read_json(store.join(root, fmt.STATS))
-    except (OSError, ValueError):
-        return None
-    fresh = stats.get("shards_digest") == digest and store.isfile(store.join(root, fmt.MEAN_IMAGE))
-    return stats if fresh else None
-
-
-def write_stats(root: str, sums: PixelSums, digest: str) -> dict:
-    stats = {**finalize(sums), "shards_digest": digest}
-    store.write_atomically(store.join(root, fmt.STATS), json.dumps(stats, indent=2) + "\n")
-    if sums.image_sum is not None:
-        store.write_atomically(store.join(root, fmt.MEAN_IMAGE), store.npy_bytes(mean_image(sums)))
-    return stats
-
-
-def shard_pixel_sums(args: tuple[str, int]) -> PixelSums:
-    """Decode every image of one shard and sum its pixels (for `stats --recompute`), with the decoder that
-    sharding used for its own statistics."""
-    from .transform import decode_jpeg
-
-    path, size = args
-    sums = PixelSums.zero(size, mean_image=True)
-    with store.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:  # one sequential read
-        for member in tar:
-            if member.name.endswith("." + fmt.IMAGE_EXT):
-                sums.add(decode_jpeg(tar.extractfile(member).read()))
-    return sums
-
-
-def recompute_stats(root: str, workers: int) -> dict:
-    """Statistics from the decoded training shards, in parallel over shards."""
-    import multiprocessing as mp
-
-    from .api import ShardSet
-
-    shard_set = ShardSet(root)
-    size = shard_set.manifest["params"]["size"]
-    total = PixelSums.zero(size, mean_image=True)
-    tasks = [(url, size) for url in shard_set.urls("train")]
-    with (
-        mp.get_context("fork").Pool(max(1, min(workers, len(tasks))), initializer=store.init_worker_process) as pool,
-        progress_bar(len(tasks), "stats", "shard") as bar,
-    ):
-        for part in pool.imap(shard_pixel_sums, tasks):
-            total = total.merge(part)
-            bar.update()
-    return write_stats(root, total, shards_digest(shard_set.shards("train")))
-
-
-def format_table(stats: dict) -> str:
-    rows = [
-        f"training images: {stats['count']:,}   pixels: {stats['pixels']:,}",
-        f"{'':10}{'R':>10}{'G':>10}{'B':>10}   (0-255 scale)",
-        f"{'mean':10}" + "".join(f"{v:10.3f}" for v in stats["mean"]),
-        f"{'std':10}" + "".join(f"{v:10.3f}" for v in stats["std"]),
-        "PCA of RGB ([0,1] scale), AlexNet lighting: eigvec @ (alpha * eigval), alpha ~ N(0, 0.1^2)",
-        f"{'':10}{'eigval':>10}   eigvec (R, G, B)",
-    ]
-    vecs = np.array(stats["eigvec"])
-    for i, val in enumerate(stats["eigval"]):
-        rows.append(f"{'pc' + str(i + 1):10}{val:10.5f}   " + " ".join(f"{v:+.4f}" for v in vecs[:, i]))
-    return "\n".join(rows)
-
-
-def stats_command(root: str, recompute: bool = False, workers: int = 1) -> dict:
-    """`cli.py stats`: print stats.json as a table (recomputing it from the shards when asked or missing)."""
-    from .api import ShardSet
-
-    shard_set = ShardSet(root)  # clear error when the directory is not a finished shard directory
-    if "train" not in shard_set.splits:
-        raise UserError(
-            f"{root} has no training split: statistics are computed over training images "
-            f"(cli.py shard --src IMAGENET --out {root} --split train)"
-        )
-    path = store.join(shard_set.root, fmt.STATS)
-    stats = None if recompute else current_stats(root, shards_digest(shard_set.shards("train")))
-    if stats is None:  # asked, missing, or computed from other shards than the manifest lists now
-        print(f"computing statistics from the decoded training shards of {root} ...")
-        stats = recompute_stats(root, workers)
-    print(format_table(stats))
-    print_duplicate_summary(shard_set.manifest)
-    print(f"written to {path}")
-    return stats

@@ -5,17 +5,20 @@ Fast path (ordinary YCbCr/grayscale JPEGs, i.e. nearly all of ImageNet): libjpeg
 (decode with DCT scaling for large images, encode), PyTorch's antialiased uint8 resize. Everything else
 (CMYK, PNG named .JPEG, palette, alpha, 16-bit) goes through PIL. `resize_shorter_side` + `center_crop`
 are the plain PIL reference the fast path is tested against.
+
+torch is imported on the first resize, not with this module: the process that plans a run never resizes, and
+the pool's workers get it from the process they are forked from, which imports it once (parallel.py).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import numpy as np
 import simplejpeg
-import torch
 from PIL import Image, ImageFile
 
 # Truncated files are an error, never half an image (PIL's default, stated so nobody flips it globally).
@@ -122,19 +125,26 @@ def resize_and_center_crop(rgb: np.ndarray, size: int, resample: str = RESIZE_FI
     Resampling only the centred square (plus the filter's context, `axis_window`) at the exact scale gives the
     pixels of "resize, then crop the centre" (see `resize_shorter_side` + `center_crop`) without computing the
     parts the crop throws away, also when the square starts half a pixel off the grid (odd width - height).
-    PyTorch's uint8 antialiased kernels (AVX2) run ~3x faster than PIL's. Small images are upscaled.
+    PyTorch's uint8 antialiased kernels (AVX2) are faster than PIL's (docs/benchmarks.md). Small images are
+    upscaled.
     """
+    import torch  # on first use (module docstring)
+
     height, width = rgb.shape[:2]
     side = min(width, height)
     top, bottom, dy = axis_window(height, side, size, resample)
     left, right, dx = axis_window(width, side, size, resample)
     region = rgb[top:bottom, left:right]
     region = torch.from_numpy(region if region.flags.writeable else region.copy())  # torch wants writable memory
-    region = region.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # fast uint8 path
+    # NHWC memory seen as NCHW (unsqueeze first: its batch stride then spans the image): torch's fast uint8 path,
+    # which returns channels_last too; a batch stride of 3 makes it return NCHW, copied over at a cost
+    region = region.unsqueeze(0).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     scale = size / side
     upsample = {"bicubic": torch.ops.aten._upsample_bicubic2d_aa, "bilinear": torch.ops.aten._upsample_bilinear2d_aa}
     out = upsample[resample](region, [dy + size, dx + size], False, scale, scale)  # grid anchored at (top, left)
-    return out[0, :, dy : dy + size, dx : dx + size].permute(1, 2, 0).numpy()
+    rows = out[0].permute(1, 2, 0).numpy().reshape(dy + size, -1)  # channels_last: each row is contiguous RGB
+    # copied as whole rows: numpy copies the 3-D view pixel by pixel, several times slower
+    return np.ascontiguousarray(rows[dy:, 3 * dx : 3 * (dx + size)]).reshape(size, size, 3)
 
 
 def resize_shorter_side(image: Image.Image, size: int, resample: str = RESIZE_FILTER) -> Image.Image:
@@ -160,9 +170,52 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
 
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+MISSING_EOI = "end-of-image marker missing after complete scan data: added"
+# after the scan header, any marker but a stuffed 0xFF00, a restart marker or fill bytes ends the scan data
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def add_missing_eoi(data: bytes) -> bytes | None:
+    """`data` with its EOI marker appended if that is all it lacks, else None.
+
+    Cameras and crawlers leave such files; libjpeg, DALI and browsers decode them with a warning. Only what can be
+    checked is repaired: a sequential JPEG with one scan of all its components, whose entropy-coded data then
+    decodes to the last pixel without a warning. A file cut inside its scan data fails that decode (libjpeg would
+    pad it with grey), and a progressive JPEG cut between scans decodes without one (blurred), so both stay
+    unreadable.
+    """
+    if data[:2] != SOI or data[-2:] == EOI:
+        return None
+    pos, frame_components = 2, None
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in (0xC0, 0xC1) and pos + 9 < len(data):  # baseline / extended sequential, Huffman-coded
+            frame_components = data[pos + 9]
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
+            return None
+        elif marker == 0xDA:
+            if frame_components is None or data[pos + 4] != frame_components:
+                return None
+            if _NEXT_MARKER.search(data, pos + 2 + length):  # another scan, or an EOI followed by other bytes
+                return None
+            repaired = data + EOI
+            try:
+                _, _, colorspace, _ = simplejpeg.decode_jpeg_header(repaired)
+                simplejpeg.decode_jpeg(repaired, colorspace="CMYK" if colorspace in ("CMYK", "YCCK") else "RGB")
+            except ValueError:  # strict: any libjpeg warning (premature end of the scan data) is an error
+                return None
+            return repaired
+        pos += 2 + length
+    return None
+
+
 def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Image bytes -> (RGB uint8 HWC, stored (width, height)); large JPEGs come out DCT-scaled, still >= size."""
-    if data[:2] == b"\xff\xd8":
+    if data[:2] == SOI:
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if width * height > 2 * Image.MAX_IMAGE_PIXELS:
@@ -182,7 +235,7 @@ def transform(data: bytes, size: int = 256, quality: int = 90, resample: str = R
 
     The pixels returned are decoded back from the JPEG written, i.e. exactly what a reader of the shards
     gets: statistics over pre-encoding pixels would overstate the chroma variance that 4:2:0 JPEG removes
-    (PCA eigenvalues off by 2-3%). Decoding 256x256 costs ~0.4 ms, a small share of the work.
+    (PCA eigenvalues off by 2-3%).
     """
     rgb, original = decode_rgb(data, size)
     jpeg = encode_jpeg(resize_and_center_crop(rgb, size, resample), quality)

@@ -75,8 +75,30 @@ def huge_jpeg() -> bytes:
 
 
 def truncated_jpeg() -> bytes:
+    """Cut inside its scan data: half the picture is missing."""
     data = encode(photo(), "JPEG", quality=95)
     return data[: len(data) // 2]
+
+
+def eoi_missing_jpeg() -> bytes:
+    """Whole scan data, only the final end-of-image marker (FF D9) missing."""
+    data = encode(photo(), "JPEG", quality=95)
+    assert data[-2:] == b"\xff\xd9"
+    return data[:-2]
+
+
+def cut_before_eoi_jpeg() -> bytes:
+    """The end marker and the last byte of scan data missing: one byte short of repairable."""
+    return eoi_missing_jpeg()[:-1]
+
+
+def progressive_cut_between_scans() -> bytes:
+    """A progressive JPEG whose last scans are missing (it would decode, blurred, without a warning)."""
+    import re
+
+    data = encode(photo(), "JPEG", quality=95, progressive=True)
+    scans = [m.start() for m in re.finditer(rb"\xff\xda", data)]
+    return data[: scans[-2]]
 
 
 def not_an_image() -> bytes:
@@ -106,8 +128,11 @@ READABLE = {  # name -> maker: every one must become a 256x256 RGB sample
     "huge": huge_jpeg,
     "handwriting": handwritten_digit,
 }
+REPAIRABLE = {"eoi_missing": eoi_missing_jpeg}  # name -> maker: kept, and listed as repaired
 UNREADABLE = {  # name -> (maker, words the skip reason contains)
     "truncated": (truncated_jpeg, "truncated"),
+    "cut_before_eoi": (cut_before_eoi_jpeg, "truncated"),
+    "progressive_cut": (progressive_cut_between_scans, "truncated"),
     "empty": (lambda: b"", "empty"),
     "text": (not_an_image, "unreadable"),
     "bomb": (decompression_bomb, "decompression bomb"),

@@ -169,13 +169,17 @@ def test_sample_photos_missing_is_one_clear_line(tmp_path):
     ]
 
 
-def test_bench_shard_reports_both_rates_on_the_same_images(tmp_path):
+@pytest.mark.slow
+def test_bench_shard_reports_the_rates_on_the_same_images(tmp_path):
     out = tmp_path / "bench.json"
     result = invoke("bench", "shard", "--limit", "24", "--workers", "2", "--json", str(out))
     assert result.exit_code == 0, result.output
     assert "baseline (1 process, naive PIL)" in result.output and "ratio" in result.output
+    assert "floor per core: decode + resize + encode + decode back" in result.output and "start-up" in result.output
     import json
 
     report = json.loads(out.read_text())
-    assert report["images"] == 24 and report["baseline_img_s"] > 0 and report["project_img_s"] > 0
+    assert report["images"] == 24 and report["baseline_img_s"] > 0 and report["project_run_img_s"] > 0
     assert abs(report["ratio"] - report["project_img_s"] / report["baseline_img_s"]) < 1e-9
+    assert len(report["floor_img_s_per_core"]) == 4 and min(report["floor_img_s_per_core"].values()) > 0
+    assert len(report["seconds"]["project"]) == len(report["seconds"]["project_small"]) == report["repeats"]

@@ -7,7 +7,7 @@ import importlib
 import pytest
 from click.testing import CliRunner
 
-WITH_OPTIONS = ["hash_cost", "match_time", "phash_threshold"]
+WITH_OPTIONS = ["match_time", "phash_threshold", "worker_cost"]
 
 
 @pytest.mark.parametrize("name", [*WITH_OPTIONS, "partial_sum_size"])

@@ -20,6 +20,7 @@ import shards
 from shards.convert import ShardConfig, convert
 from shards.demo_data import make_sample_tree
 from shards.errors import UserError
+from shards.transform import transform
 from shards.verify import find_problems
 
 
@@ -101,22 +102,44 @@ def test_same_input_and_seed_give_byte_identical_shards(sample_tree, sample_shar
 def test_hard_cases_are_kept_or_skipped_and_listed(tmp_path, capsys):
     src = make_sample_tree(str(tmp_path / "src"), num_classes=2, train_per_class=3, val_per_class=1)
     cls = os.path.join(src, "train", sorted(os.listdir(os.path.join(src, "train")))[0])
-    for name, maker in hc.READABLE.items():
+    for name, maker in {**hc.READABLE, **hc.REPAIRABLE}.items():
         Path(os.path.join(cls, f"hard_{name}.JPEG")).write_bytes(maker())
     for name, (maker, _) in hc.UNREADABLE.items():
         Path(os.path.join(cls, f"bad_{name}.JPEG")).write_bytes(maker())
     manifest = convert(shard_config(src, tmp_path / "out", shard_size=5))
     train = manifest["splits"]["train"]
-    assert train["count"] == 6 + len(hc.READABLE)
+    assert train["count"] == 6 + len(hc.READABLE) + len(hc.REPAIRABLE)
     reasons = {os.path.basename(s["path"]): s["reason"] for s in train["skipped"]}
     assert set(reasons) == {f"bad_{n}.JPEG" for n in hc.UNREADABLE}
     for name, (_, words) in hc.UNREADABLE.items():
         assert words in reasons[f"bad_{name}.JPEG"]
-    keys = set(all_samples(str(tmp_path / "out"), "train"))
-    assert {f"hard_{n}" for n in hc.READABLE} <= keys
+    repaired = {os.path.basename(s["path"]): s["reason"] for s in train["repaired"]}
+    assert repaired == {"hard_eoi_missing.JPEG": "end-of-image marker missing after complete scan data: added"}
+    assert manifest["splits"]["val"]["repaired"] == []
+    samples = all_samples(str(tmp_path / "out"), "train")
+    assert {f"hard_{n}" for n in {**hc.READABLE, **hc.REPAIRABLE}} <= set(samples)
+    whole = hc.encode(hc.photo(), "JPEG", quality=95)  # the repaired sample is the whole picture
+    assert samples["hard_eoi_missing"]["jpg"] == transform(whole)[0]
     out = capsys.readouterr().out
     assert f"skipped {len(hc.UNREADABLE)} unreadable inputs" in out and "bad_truncated.JPEG" in out
+    assert "repaired 1 inputs, kept" in out and "hard_eoi_missing.JPEG" in out
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "1 input(s) were repaired" in card and "hard_eoi_missing.JPEG" in card
+    assert shards.open(str(tmp_path / "out")).repaired("train") == train["repaired"]
     assert find_problems(str(tmp_path / "out")) == []
+
+
+@pytest.mark.slow
+def test_the_process_that_plans_a_run_never_imports_torch(sample_tree, tmp_path):
+    """Start-up: torch is imported once, by the process the pool's workers are forked from (shards/parallel.py)."""
+    code = (
+        "import sys; from shards.convert import ShardConfig, convert; "
+        f"convert(ShardConfig(src={sample_tree!r}, out={str(tmp_path / 'wds')!r}, split='val', progress=False)); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert shards.open(str(tmp_path / "wds")).count("val") == 48  # the workers did resize, with torch
 
 
 def test_archives_give_the_same_samples_as_folders(tmp_path):

@@ -70,7 +70,8 @@ def test_recompute_from_shards(sample_shards, tmp_path):
 
 
 def test_partial_sums_merge_exactly_in_any_order():
-    photos = [np.asarray(hc.photo(size)) for size in [(64, 48), (48, 64), (40, 40), (90, 30)]]
+    sizes = [(64, 48), (48, 64), (40, 40), (90, 30), (300, 260)]  # the last over 66,051 pixels: wider sums
+    photos = [np.asarray(hc.photo(size)) for size in sizes]
     parts = []
     for p in photos:
         s = PixelSums()

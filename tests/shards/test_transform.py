@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from shards.transform import (
+    EOI,
     BadImage,
+    add_missing_eoi,
     center_crop,
     decode_rgb,
     encode_jpeg,
@@ -145,6 +147,25 @@ def test_unreadable_inputs_raise_bad_image_with_reason(name):
     maker, words = hc.UNREADABLE[name]
     with pytest.raises(BadImage, match=words):
         transform(maker())
+
+
+def test_a_jpeg_missing_only_its_end_marker_is_repaired_to_the_whole_picture():
+    whole = hc.encode(hc.photo(), "JPEG", quality=95)
+    cut = hc.eoi_missing_jpeg()
+    with pytest.raises(BadImage, match="truncated"):  # what transform alone says: the writer repairs, then retries
+        transform(cut)
+    repaired = add_missing_eoi(cut)
+    assert repaired == cut + EOI == whole
+    assert (transform(repaired)[1] == transform(whole)[1]).all()
+
+
+@pytest.mark.parametrize("name", ["truncated", "cut_before_eoi", "progressive_cut", "empty", "text"])
+def test_only_a_missing_end_marker_is_repaired(name):
+    """Cut inside the scan data (libjpeg would pad grey), a progressive JPEG missing scans (it would decode,
+    blurred, without a warning), and anything that is not a JPEG stay unreadable."""
+    maker, _ = hc.UNREADABLE[name]
+    assert add_missing_eoi(maker()) is None
+    assert add_missing_eoi(hc.encode(hc.photo(), "JPEG")) is None  # nothing missing: nothing to repair
 
 
 def test_to_rgb_modes():
