@@ -16,8 +16,9 @@ import click
 
 from pipelines.config import MEANS
 from shards.cache import CacheConfig
+from shards.convert import ShardConfig
 from shards.errors import UserError, explain
-from shards.format import DEFAULT_SHARDS
+from shards.format import DEFAULT_SHARDS, SPLITS
 from shards.stage import stage as copy_to_disk
 from trainer.config import ARCHS, BACKENDS, SCHEDULES, EvalConfig, TrainConfig
 
@@ -90,46 +91,42 @@ def main():
 
 # ----------------------------------------------------------------------------------------------- shards
 @main.command()
-@click.option(
-    "--src",
+@setting(
+    ShardConfig,
+    "src",
     required=True,
     help="ImageNet folder (train/ and/or val/) or an ILSVRC2012 *.tar archive; a path or a URL (s3://, gs://).",
 )
-@click.option("--out", default=DEFAULT_SHARDS, show_default=True, help="Shard directory to write (a path or a URL).")
-@click.option(
-    "--split", type=click.Choice(["train", "val"]), default=None, help="Only this split (archives: which one)."
-)
-@click.option(
-    "--val-labels",
+@setting(ShardConfig, "out", help="Shard directory to write (a path or a URL).")
+@setting(ShardConfig, "split", type=click.Choice(SPLITS), help="Only this split (archives: which one).")
+@setting(
+    ShardConfig,
+    "val_labels",
     type=click.Path(),
-    default=None,
     help="Labels for a flat val folder/tar: LOC_val_solution.csv or 'filename wnid' lines.",
 )
-@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
-@click.option(
-    "--shard-size",
-    type=int,
-    default=None,
+@setting(ShardConfig, "workers", show_default=False, help="Processes [default: all cores].")
+@setting(
+    ShardConfig,
+    "shard_size",
     help="Samples per shard (default: at most 1000, and at least min(64, N/16) shards per split).",
 )
-@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
-@click.option(
-    "--size", type=int, default=256, show_default=True, help="Output side (shorter side resize + centre crop)."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training shuffle.")
-@click.option("--overwrite", is_flag=True, help="Redo a split written with different parameters.")
-@click.option(
-    "--cluster",
-    default=None,
+@setting(ShardConfig, "quality", type=click.IntRange(1, 100), help="JPEG quality.")
+@setting(ShardConfig, "size", help="Output side (shorter side resize + centre crop).")
+@setting(ShardConfig, "seed", help="Seed of the training shuffle.")
+@setting(ShardConfig, "overwrite", help="Redo a split written with different parameters.")
+@setting(
+    ShardConfig,
+    "cluster",
     metavar="ADDRESS",
     help="Run on the Dask scheduler at ADDRESS (tcp://HOST:8786) instead of local processes.",
 )
 @user_errors
-def shard(workers, **options):
+def shard(**options):
     """Convert raw ImageNet into 256x256 WebDataset shards with manifest, index files and statistics."""
-    from shards.convert import ShardConfig, convert
+    from shards.convert import convert
 
-    convert(ShardConfig(workers=workers or os.cpu_count(), **options))
+    convert(ShardConfig(**options))
 
 
 @main.command()
