@@ -162,7 +162,8 @@ def test_stats_recompute_reads_s3(sample_shards, s3):
     assert abs(recomputed.mean - shards.open(sample_shards).stats.mean).max() < 1e-9
 
 
-def test_train_and_eval_read_from_s3(sample_shards, s3, tmp_path):
+@pytest.mark.parametrize("s3", ["rclone"], indirect=True)  # on moto: test_streaming's fault-mix test, the same
+def test_train_and_eval_read_from_s3(sample_shards, s3, tmp_path):  # commands run clean through moto and its faults
     out = f"{s3}/wds"
     upload(sample_shards, out)
     cache, run = {"XDG_CACHE_HOME": str(tmp_path / "cache")}, str(tmp_path / "run")
