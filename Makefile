@@ -21,12 +21,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# -n auto: a pytest-xdist worker per core; --dist loadfile keeps each file's tests (and its module fixtures) on one
 test: lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto --dist loadfile
 
 # the edit-test loop: everything but the tests marked slow (subprocesses, gloo, servers, tmpfs, HF); under a minute
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -n auto --dist loadfile -m "not slow"
 
 bench: $(VENV)/.installed
 	$(PY) cli.py bench shard

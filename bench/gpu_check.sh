@@ -138,7 +138,7 @@ if needs "$WORK/wds/dataset.json" "the shards of the sample step"; then
   run "$OUT/train.txt" 90 $PY cli.py train --shards "$WORK/wds" --out "$WORK/run" --gpus $GPUS --epochs $EPOCHS \
     --batch-size $TRAIN_BATCH --lr 0.001 --log-every 5 &&
     run "$OUT/train.txt" 45 $PY cli.py eval --shards "$WORK/wds" --checkpoint "$WORK/run/checkpoint.pt" \
-      --gpus $GPUS --ten-crop --json &&
+      --gpus $GPUS --batch-size $TRAIN_BATCH --ten-crop --json &&
     cp "$WORK/run/metrics.jsonl" "$WORK/run/config.json" "$OUT/"
   tail -4 "$OUT/train.txt"
 fi

@@ -297,7 +297,7 @@ class DaskCluster:
     """`dask scheduler` and `dask worker ADDR --nthreads 1` processes importing the project via PYTHONPATH (the
     scheduler unpickles the tasks, so it needs the project too)."""
 
-    def __init__(self, workers: int = 2, worker_env: dict | None = None, worker_cwd: str = ROOT):
+    def __init__(self, workers: int = 2, worker_env: dict | None = None, worker_cwd: str = ROOT, worker_argv=None):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.scheduler = start(
@@ -307,12 +307,13 @@ class DaskCluster:
         wait_for_port(self.port, self.scheduler)
         self.worker_env = {"PYTHONPATH": ROOT, **(worker_env or {})}
         self.worker_cwd = worker_cwd
+        self.worker_argv = worker_argv or [os.path.join(BIN, "dask"), "worker"]
         self.workers = [self.add_worker() for _ in range(workers)]
         self.wait_for_workers(workers)
 
     def add_worker(self) -> subprocess.Popen:
         return start(
-            [os.path.join(BIN, "dask"), "worker", self.address, "--nthreads", "1", "--no-dashboard", "--nworkers", "1"],
+            [*self.worker_argv, self.address, "--nthreads", "1", "--no-dashboard", "--nworkers", "1"],
             env=self.worker_env,
             cwd=self.worker_cwd,
         )

@@ -23,6 +23,9 @@ from pipelines.shard_files import rank_range
 from shards.cache import CacheConfig, ShardCache, parse_size
 from shards.convert import ShardConfig, convert
 from shards.errors import UserError
+from trainer.config import EvalConfig, TrainConfig
+from trainer.evaluate import evaluate_command
+from trainer.train import launch
 
 pytestmark = pytest.mark.slow
 FAULT_MIX = dict(slowdown=0.05, internal=0.02, reset=0.03)  # the mix
@@ -126,13 +129,13 @@ def test_commands_come_through_the_fault_mix(sample_shards, faulty_s3, tmp_path)
     cache = ["--cache-dir", str(tmp_path / "cache")]
     train = ["train", "--shards", url, "--out", run, "--gpus", "0", "--batch-size", "8", "--max-steps", "2"]
     run_clean("cli.py", *train, "--lr", "0.001", *cache)
-    evaluate = ["eval", "--checkpoint", f"{run}/checkpoint.pt", "--gpus", "0", "--json"]
+    evaluate = ["eval", "--checkpoint", f"{run}/checkpoint.pt", "--gpus", "0", "--batch-size", "16", "--json"]
     from_store = json.loads(run_clean("cli.py", *evaluate, "--shards", url, *cache).splitlines()[-1])
     bench = ["bench", "loader", "--shards", url, "--batch-size", "8", "--workers", "1", "--batches", "2"]
     run_clean("cli.py", *bench, "--json", str(tmp_path / "bench.json"), *cache)
     faults = store.counts()
     store.configure(slowdown=0, internal=0, reset=0)
-    from_disk = json.loads(run_clean("cli.py", *evaluate, "--shards", sample_shards).splitlines()[-1])
+    from_disk = evaluate_command(EvalConfig(f"{run}/checkpoint.pt", shards=sample_shards, gpus=0, batch_size=16))
     assert sum(faults[kind] for kind in FAULT_MIX) > 0, faults  # the faults really happened
     assert {k: from_store[k] for k in ("loss", "top1_err", "top5_err", "count")} == {
         k: from_disk[k] for k in ("loss", "top1_err", "top5_err", "count")
@@ -297,9 +300,9 @@ def test_ranks_of_one_node_fetch_each_shard_once_and_nodes_their_own_parts(sampl
     url, store = f"{faulty_s3.url}/wds", faulty_s3.store
     upload(sample_shards, url)
     ds = shards.open(sample_shards)
-    # one node: two gloo ranks training a whole epoch, sharing one cache folder
+    # one node: two gloo ranks training a whole epoch (192 images in 2 steps of 2 x 48), sharing one cache folder
     store.reset_counts()
-    train = ["cli.py", "train", "--shards", url, "--batch-size", "8", "--max-steps", "12", "--lr", "0.001"]
+    train = ["cli.py", "train", "--shards", url, "--batch-size", "48", "--max-steps", "2", "--lr", "0.001"]
     run_clean(*train, "--procs", "2", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "node"))
     names = [e["name"] for split in ("train", "val") for e in ds.shards(split)]
     assert tar_gets(store) == dict.fromkeys(names, 1)
@@ -339,28 +342,18 @@ def final_val(run) -> dict:
 def test_a_run_killed_mid_download_resumes_exactly_and_never_uses_the_part(sample_shards, faulty_s3, tmp_path):
     url, store = f"{faulty_s3.url}/wds", faulty_s3.store
     upload(sample_shards, url)
-    common = [
-        "cli.py",
-        "train",
-        "--shards",
-        url,
-        "--gpus",
-        "0",
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-4",
-        "--log-every",
-        "1",
-    ]
-    run_clean(*common, "--out", str(tmp_path / "unbroken"), "--max-steps", "4", "--cache-dir", str(tmp_path / "c1"))
+    # the same run from a local copy, in this process: the reference the broken run must end equal to
+    launch(
+        TrainConfig(sample_shards, str(tmp_path / "unbroken"), 0, batch_size=8, lr=1e-4, max_steps=2, progress=False)
+    )
+    common = ["cli.py", "train", "--shards", url, "--gpus", "0", "--batch-size", "8", "--lr", "1e-4"]
     broken = ["--out", str(tmp_path / "broken")]
-    run_clean(*common, *broken, "--max-steps", "2", "--cache-dir", str(tmp_path / "c2"))  # a checkpoint at step 2
-    broken += ["--max-steps", "4", "--resume"]
+    run_clean(*common, *broken, "--max-steps", "1", "--cache-dir", str(tmp_path / "c2"))  # a checkpoint at step 1
+    broken += ["--max-steps", "2", "--resume"]
     cache = tmp_path / "c3"  # empty: the continuation must download
-    store.configure(latency=0.5)  # every request slow, so a download is under way for a while
+    store.configure(latency=0.2)  # every request slow, so a download is under way for a while
     proc = subprocess.Popen(
-        [sys.executable, *common, *broken, "--resume", "--cache-dir", str(cache)],
+        [sys.executable, *common, *broken, "--cache-dir", str(cache)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 
 import pytest
@@ -99,7 +100,11 @@ def test_unreachable_scheduler_is_one_line(sample_tree, tmp_path):
 
 
 def test_workers_that_cannot_import_the_project_is_one_line(sample_tree, tmp_path):
-    cluster = DaskCluster(workers=1, worker_env={"PYTHONPATH": ""}, worker_cwd=str(tmp_path))
+    # a worker with every distribution of this environment but the project: site-packages on the path and its .pth
+    # files unread (-S, passed on to the processes it starts), so neither an editable install nor the checkout
+    sites = os.pathsep.join(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    worker = [sys.executable, "-S", "-m", "distributed.cli.dask_worker"]
+    cluster = DaskCluster(workers=1, worker_env={"PYTHONPATH": sites}, worker_cwd=str(tmp_path), worker_argv=worker)
     try:
         line = one_line_error(shard_cli(sample_tree, tmp_path / "wds", "--cluster", cluster.address))
     finally:

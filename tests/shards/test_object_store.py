@@ -174,7 +174,18 @@ def test_train_and_eval_read_from_s3(sample_shards, s3, tmp_path):  # commands r
     cached = sorted(p.suffix for p in folder.iterdir() if p.suffix in (".tar", ".idx"))  # fetched once, by sha256
     assert cached == [".idx"] * 7 + [".tar"] * 7  # 5 train + 2 val shards (the run evaluates at its end)
     printed = run_clean(
-        "cli.py", "eval", "--shards", out, "--checkpoint", f"{run}/checkpoint.pt", "--gpus", "0", "--json", **cache
+        "cli.py",
+        "eval",
+        "--shards",
+        out,
+        "--checkpoint",
+        f"{run}/checkpoint.pt",
+        "--gpus",
+        "0",
+        "--batch-size",
+        "16",
+        "--json",
+        **cache,
     )
     result = json.loads(printed.strip().splitlines()[-1])
     assert result["count"] == 48, printed

@@ -23,7 +23,9 @@ import torch
 from servers import ROOT
 
 from trainer.checkpoint import load_checkpoint
+from trainer.config import TrainConfig
 from trainer.metrics import read_metrics
+from trainer.train import launch
 
 TIMEOUT = 300  # seconds: a guard against a run that never stops, not a speed target
 STOPPED = re.compile(r"stopped by (SIG\w+) at step (\d+) \(.*\): saved (\S+); continue with: (.+)")
@@ -157,8 +159,10 @@ def test_one_process_stops_on_sigterm_and_sigint_and_continues_exactly(sample_sh
     assert Train(command).finish() == 0  # the validation of step 2 was still owed
     rows = [(r["kind"], r["step"]) for r in read_metrics(str(out))]  # the killed run's step-2 row: dropped
     assert rows == [("train", 1), ("stop", 1), ("train", 2), ("stop", 2), ("val", 2)]
-    reference = tmp_path / "unbroken"
-    assert Train(train_args(sample_shards, reference, "--max-steps", "2")).finish() == 0
+    reference = tmp_path / "unbroken"  # the same run, unbroken, in this process
+    launch(
+        TrainConfig(sample_shards, str(reference), 0, batch_size=8, log_every=1, lr=1e-4, max_steps=2, progress=False)
+    )
     assert_same_end(out, reference)
 
 
