@@ -21,13 +21,16 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# -n auto: a pytest-xdist worker per core; --dist loadfile keeps each file's tests (and its module fixtures) on one
+# pytest-xdist workers: one more than the cores (the tests wait on servers and subprocesses a good part of the
+# time); --dist loadfile keeps a file's tests, and so its module fixtures, on one worker
+XDIST := -n $(shell $(PYTHON) -c "import os; print(os.cpu_count() + 1)") --dist loadfile
+
 test: lint
-	$(PY) -m pytest -q -ra -n auto --dist loadfile
+	$(PY) -m pytest -q -ra $(XDIST)
 
 # the edit-test loop: everything but the tests marked slow (subprocesses, gloo, servers, tmpfs, HF); under a minute
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -ra -n auto --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -ra $(XDIST) -m "not slow"
 
 bench: $(VENV)/.installed
 	$(PY) cli.py bench shard

@@ -13,7 +13,17 @@ SAMPLE = dict(num_classes=8, train_per_class=24, val_per_class=6, seed=0)
 SAMPLE_SHARD_SIZE = 40  # 192 train -> 5 shards (40 x 4 + 32); 48 val -> 2 shards (40 + 8): uneven on purpose
 
 
+# The files whose tests run whole training processes go first: `make test` hands files to its parallel workers
+# in collection order (pytest-xdist --dist loadfile), and one of these last would leave the other workers idle.
+LONG_FIRST = ("trainer/test_preempt.py", "bench/test_gpu_check.py", "pipelines/test_streaming.py", "trainer/")
+
+
 def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, part in enumerate(LONG_FIRST) if f"/tests/{part}" in path), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the usual order
     import torch
 
     if torch.cuda.is_available():

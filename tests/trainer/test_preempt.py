@@ -187,8 +187,8 @@ def test_two_gloo_processes_stop_at_one_step_when_one_rank_or_the_parent_is_sign
     assert name == "SIGINT" and step < later <= 3 and step_of(out) == later
 
     assert Train(command).finish() == 0
-    reference = tmp_path / "unbroken"
-    assert Train(train_args(sample_shards, reference, "--max-steps", "3", procs=2)).finish() == 0
+    reference = tmp_path / "unbroken"  # launched from this process
+    launch(TrainConfig(sample_shards, str(reference), procs=2, batch_size=8, log_every=1, lr=1e-4, max_steps=3))
     assert_same_end(out, reference)
 
 
