@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from nvidia.dali.tensors import TensorCPU
 
 from shards import dali_index
 from shards import format as fmt
@@ -249,7 +250,9 @@ class BatchSource:
         shards = self.plan.shard_of(samples)
         readers = self.window.readers_for(epoch, batch, sorted(set(shards.tolist())))
         local = samples - self.plan.starts[shards]
-        jpegs = [readers[shard].jpeg(i) for shard, i in zip(shards.tolist(), local.tolist(), strict=True)]
+        # DALI tensors wrapping the mapped bytes: external_source takes them as they are (a numpy array it would
+        # check and wrap itself, sample by sample, in this thread); it copies them into its buffers when fed
+        jpegs = [TensorCPU(readers[shard].jpeg(i)) for shard, i in zip(shards.tolist(), local.tolist(), strict=True)]
         labels = np.empty(size, np.int64)
         for shard, reader in readers.items():
             here = shards == shard
