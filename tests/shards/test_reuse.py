@@ -1,4 +1,4 @@
-"""The README's reuse recipes, each run for real: webdataset + DataLoader, DALI's reader, timm's _info.json,
+"""The reuse recipes of docs/reuse.md, each run for real: webdataset + DataLoader, DALI's reader, timm's _info.json,
 Hugging Face datasets, plain tarfile, and our own small API."""
 
 import json
