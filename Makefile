@@ -22,8 +22,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 # pytest-xdist workers: one more than the cores (the tests wait on servers and subprocesses a good part of the
-# time); --dist loadfile keeps a file's tests, and so its module fixtures, on one worker
-XDIST := -n $(shell $(PYTHON) -c "import os; print(os.cpu_count() + 1)") --dist loadfile
+# time); --dist loadfile keeps a file's tests, and so its module fixtures, on one worker; files go out in
+# collection order (tests/conftest.py puts the long ones first), not xdist's most-tests-first
+XDIST := -n $(shell $(PYTHON) -c "import os; print(os.cpu_count() + 1)") --dist loadfile --no-loadscope-reorder
 
 test: lint
 	$(PY) -m pytest -q -ra $(XDIST)

@@ -195,7 +195,7 @@ def test_two_gloo_processes_stop_at_one_step_when_one_rank_or_the_parent_is_sign
 @pytest.mark.slow
 def test_one_run_per_directory_a_killed_runs_lock_never_blocks_and_sigusr1_stops(sample_shards, tmp_path):
     out = tmp_path / "run"
-    args = train_args(sample_shards, out, "--max-steps", "1")
+    args = train_args(sample_shards, out, "--max-steps", "100")  # runs until it is stopped below
     first = Train(args)
     first.wait_for("config:")
     second = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
@@ -205,16 +205,20 @@ def test_one_run_per_directory_a_killed_runs_lock_never_blocks_and_sigusr1_stops
         f"error: {out} is in use by another training run (pid {first.proc.pid} on {socket.gethostname()}, since "
     )
     assert second.stderr.count("\n") == 1
-    assert first.finish() == 0, first.output
+    first.wait_for("step ")
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 128 + signal.SIGTERM, first.output
+    _, step, _ = first.stopped()
     rows = [(r["kind"], r["step"]) for r in read_metrics(str(out))]
-    assert rows == [("train", 1), ("val", 1)]  # its own rows only
+    assert rows == [("train", i) for i in range(1, step + 1)] + [("stop", step)]  # its own rows only
 
-    killed = Train(train_args(sample_shards, out, "--max-steps", "2", "--resume", "auto"))
+    resume = train_args(sample_shards, out, "--max-steps", "100", "--resume", "auto")
+    killed = Train(resume)
     killed.wait_for("resumed")
     killed.proc.kill()
     assert killed.finish() == -signal.SIGKILL
-    again = Train(train_args(sample_shards, out, "--max-steps", "2", "--resume", "auto"))
-    again.wait_for(f"resumed {out}/checkpoint.pt: epoch 0, step 1")  # the dead run's lock went with it
+    again = Train(resume)
+    again.wait_for(f"resumed {out}/checkpoint.pt: epoch 0, step {step}")  # the dead run's lock went with it
     again.signal(signal.SIGUSR1)  # --stop-signal's default (Slurm's --signal=USR1@SECONDS)
     assert again.finish() == 128 + signal.SIGUSR1, again.output
-    assert again.stopped()[:2] == ("SIGUSR1", 2)
+    assert again.stopped()[:2] == ("SIGUSR1", step + 1)
