@@ -21,10 +21,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# pytest-xdist workers: one more than the cores (the tests wait on servers and subprocesses a good part of the
-# time); --dist loadfile keeps a file's tests, and so its module fixtures, on one worker; files go out in
+# pytest-xdist, a worker per core (one more was no faster on 2 cores: torch's threads then outnumber them);
+# --dist loadfile keeps a file's tests, and so its module fixtures, on one worker; the files go out in
 # collection order (tests/conftest.py puts the long ones first), not xdist's most-tests-first
-XDIST := -n $(shell $(PYTHON) -c "import os; print(os.cpu_count() + 1)") --dist loadfile --no-loadscope-reorder
+XDIST := -n auto --dist loadfile --no-loadscope-reorder
 
 test: lint
 	$(PY) -m pytest -q -ra $(XDIST)
