@@ -21,7 +21,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# pytest-xdist, a worker per core (one more was no faster on 2 cores: torch's threads then outnumber them);
+# pytest-xdist, a worker per core (one more was no faster on 2 cores);
 # --dist loadfile keeps a file's tests, and so its module fixtures, on one worker; the files go out in
 # collection order (tests/conftest.py puts the long ones first), not xdist's most-tests-first
 XDIST := -n auto --dist loadfile --no-loadscope-reorder
