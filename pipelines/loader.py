@@ -70,7 +70,8 @@ def build_loader(
             "and 0 <= rank < world_size"
         )
     ds = shards.open(root)
-    store_cache = shard_cache.open_cache(ds, cache or shard_cache.CacheConfig()) if store.is_url(ds.root) else None
+    cache = cache or shard_cache.CacheConfig()
+    store_cache = shard_cache.open_cache(ds, cache) if store.is_url(ds.root) else None
     files = split_files(root, split, store_cache.folder if store_cache else None)
     if files.count < world_size:
         raise UserError(f"{world_size} ranks but the '{split}' split has only {files.count} images: use fewer ranks")
@@ -84,7 +85,7 @@ def build_loader(
         )
     norm = normalization(cfg, ds.stats, mean_image)
     plan = EpochPlan(files.shard_counts, batch_size, rank, world_size, seed, cfg.evaluation, cfg.shuffle_buffer)
-    window = open_window(files, plan, ds, store_cache, (cache or shard_cache.CacheConfig()).fetch_concurrency)
+    window = open_window(files, plan, ds, store_cache, cache.fetch_concurrency)
     loader = DaliLoader(files, cfg, norm, plan, window, device, with_params)
     if state is not None:
         loader.load_state_dict(state)
