@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from . import format as fmt
 from . import io as store
 from .classnames import names_of
@@ -61,6 +59,9 @@ def size_category(n: int) -> str:
 
 
 def card_text(out: str, manifest: dict) -> str:
+    import yaml  # here, not above: every pool worker imports cli.py again as it starts (parallel.py), and yaml's import
+    # is 0.1 s of it there (docs/benchmarks.md)
+
     sections = [
         "---\n" + yaml.safe_dump(front_matter(manifest), sort_keys=False) + "---\n",
         "# ImageNet (ILSVRC-2012) as 256x256 WebDataset shards\n",

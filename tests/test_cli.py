@@ -39,6 +39,20 @@ def test_help_lists_every_command():
         assert name in result.output
 
 
+def test_importing_cli_imports_nothing_heavy():
+    """Every pool worker of `shard` runs cli.py again as it starts (shards/parallel.py), and every command pays for
+    its imports: the heavy ones (torch, DALI, the store and cluster libraries, yaml) wait for the code that needs
+    them."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "nvidia.dali", "yaml", "fsspec", "s3fs", "distributed", "scipy", "webdataset")
+    code = f"import sys, cli; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=cli.__file__.rsplit("/", 1)[0], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().split() == ["[]"]
+
+
 def test_shard_without_src_is_a_usage_error():
     result = invoke("shard")
     assert result.exit_code == 2 and "--src" in result.output
