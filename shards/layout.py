@@ -50,8 +50,10 @@ def partial_image_path(work: str, name: str) -> str:
 
 def compact_sum_bytes(image_sum: np.ndarray) -> bytes:
     """The per-pixel uint32 sum of a shard, small: the smallest unsigned dtype that holds it, its bytes split
-    into planes (the high bytes of neighbouring pixels are nearly equal) and deflated to about a third of the
-    768 KiB .npy (sizes and times: docs/benchmarks.md, `python -m bench.partial_sum_size`)."""
+    into planes and the planes above the lowest deflated (the high bytes of neighbouring pixels are nearly
+    equal), about a third of the 768 KiB .npy. The lowest plane is stored as it is: it is noise, which deflate
+    never shrank and which took half of the time (sizes and times: docs/benchmarks.md,
+    `python -m bench.partial_sum_size`)."""
     dtype = np.uint8 if image_sum.max(initial=0) < 2**8 else np.uint16 if image_sum.max() < 2**16 else np.uint32
     values = np.ascontiguousarray(image_sum, dtype=dtype)
     planes = values.view(np.uint8).reshape(-1, values.itemsize).T.copy()  # byte plane 0, 1, ... (little-endian)
@@ -60,15 +62,21 @@ def compact_sum_bytes(image_sum: np.ndarray) -> bytes:
         buf,
         shape=np.array(image_sum.shape),
         itemsize=np.array(values.itemsize),
-        planes=np.frombuffer(zlib.compress(planes.tobytes(), 1), np.uint8),
+        low=planes[0],
+        high=np.frombuffer(zlib.compress(planes[1:].tobytes(), 1), np.uint8),
     )
     return buf.getvalue()
 
 
 def load_sum(path: str) -> np.ndarray:
-    """The uint32 per-pixel sum written by compact_sum_bytes."""
+    """The uint32 per-pixel sum written by compact_sum_bytes (or by the versions before it, which deflated every
+    plane into `planes`: a run resumed after an upgrade)."""
     with np.load(io.BytesIO(store.read_bytes(path))) as loaded:
         itemsize, shape = int(loaded["itemsize"]), tuple(int(v) for v in loaded["shape"])
-        planes = np.frombuffer(zlib.decompress(loaded["planes"].tobytes()), np.uint8).reshape(itemsize, -1)
+        if "low" in loaded:
+            high = np.frombuffer(zlib.decompress(loaded["high"].tobytes()), np.uint8)
+            planes = np.concatenate([loaded["low"], high]).reshape(itemsize, -1)
+        else:
+            planes = np.frombuffer(zlib.decompress(loaded["planes"].tobytes()), np.uint8).reshape(itemsize, -1)
     dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}[itemsize]
     return np.ascontiguousarray(planes.T).view(dtype).reshape(shape).astype(np.uint32)

@@ -59,3 +59,21 @@ def test_compact_partial_sum_round_trips_and_is_small(default_shards, tmp_path):
         restored = load_sum(str(path))
         assert restored.dtype == np.uint32 and (restored == image_sum).all()
         assert os.path.getsize(path) < 0.6 * image_sum.nbytes  # was a 768 KiB .npy, whatever the shard size
+
+
+def test_partial_sums_written_before_the_raw_low_plane_still_load(tmp_path):
+    """A run resumed after an upgrade merges the partial sums its first part wrote, every plane deflated."""
+    import zlib
+
+    image_sum = np.random.default_rng(1).integers(0, 40 * 255, (256, 256, 3), np.uint32)
+    planes = image_sum.astype(np.uint16).view(np.uint8).reshape(-1, 2).T.copy()
+    path = tmp_path / "old.sum.npz"
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            shape=np.array(image_sum.shape),
+            itemsize=np.array(2),
+            planes=np.frombuffer(zlib.compress(planes.tobytes(), 1), np.uint8),
+        )
+    restored = load_sum(str(path))
+    assert restored.dtype == np.uint32 and (restored == image_sum).all()
