@@ -50,7 +50,7 @@ def run_tasks(todo: list[ShardTask], workers: int, cluster: str | None, bar) -> 
 # same checkout or an installed package); otherwise each worker imports our own modules, a few milliseconds.
 PRELOAD = ["numpy", "PIL.Image", "simplejpeg", "torch", "shards.writer"]
 _START_METHOD = "forkserver"
-# A worker of multiprocessing's forkserver (as of spawn) also runs the driver's main script again before its first
+# A worker of multiprocessing's forkserver (as under spawn) also runs the driver's main script again before its first
 # task: cli.py, whose imports are then found already loaded. (Preloading "__main__" itself would avoid that, but
 # CPython 3.11's forkserver drops the script's path: docs/benchmarks.md.)
 _SERVER_PRELOAD = [*PRELOAD, "cli"]
