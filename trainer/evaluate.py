@@ -72,9 +72,7 @@ def evaluate(cfg: EvalConfig, info: DistInfo) -> dict:
             f"{len(ds.classes)} classes of {cfg.shards}"
         )
     setup_device(info.device)
-    model = build_model(len(ds.classes), state["config"]["arch"])
-    model.load_state_dict(state["model"])
-    model = place_model(model, info.device)
+    model = place_model(build_model(len(ds.classes), state["config"]["arch"], weights=state["model"]), info.device)
     loader = pipelines.build_loader(
         cfg.shards,
         split="val",

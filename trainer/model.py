@@ -115,8 +115,7 @@ class AlexNet(nn.Module):
             nn.Linear(4096, 4096),
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
-        )
-        init_paper_weights(self)
+        )  # torch's default initialisation, replaced by build_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -139,8 +138,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(num_classes: int, arch: str = "alexnet", dropout: float = 0.5) -> AlexNet:
-    return AlexNet(num_classes=num_classes, arch=arch, dropout=dropout)
+def build_model(num_classes: int, arch: str = "alexnet", dropout: float = 0.5, weights: dict | None = None) -> AlexNet:
+    """The paper's initial weights, or `weights` (a state dict: evaluating, resuming): the model is then built on
+    the meta device and takes those tensors, nothing drawn from the RNG, allocated or copied, which saves the
+    second that torch's default initialisation and the paper's take on a CPU (docs/benchmarks.md)."""
+    if weights is None:
+        model = AlexNet(num_classes=num_classes, arch=arch, dropout=dropout)
+        init_paper_weights(model)
+        return model
+    with torch.device("meta"):
+        model = AlexNet(num_classes=num_classes, arch=arch, dropout=dropout)
+    # the parameters become those tensors, nothing allocated or copied (contiguous: as drawn weights are, also
+    # where a CUDA run saved its convolutions channels_last)
+    model.load_state_dict({k: v.contiguous() for k, v in weights.items()}, assign=True)
+    return model
 
 
 def describe(model: AlexNet) -> str:

@@ -189,7 +189,8 @@ def fit(cfg: TrainConfig, info: DistInfo, stop: StopRequest) -> int:
 
     # ---- model, optimizer, schedule (the same initial weights on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
-    model = place_model(build_model(len(classes), cfg.arch, cfg.dropout), info.device)
+    weights = state["model"] if state is not None else None  # resuming: nothing to draw
+    model = place_model(build_model(len(classes), cfg.arch, cfg.dropout, weights), info.device)
     say(info, describe(model))
     # Sec. 5: SGD, batch 128, momentum 0.9, weight decay 0.0005 (on all weights and biases, as in the paper)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -197,7 +198,6 @@ def fit(cfg: TrainConfig, info: DistInfo, stop: StopRequest) -> int:
     progress = EpochState()
     torch.manual_seed(cfg.seed + 1000 + info.rank)  # dropout masks differ between ranks, as between GPUs
     if state is not None:
-        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_lr(optimizer, scheduler, lr)  # --resume --lr X: X from now on (else the restored lr: a no-op)

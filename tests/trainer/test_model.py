@@ -119,3 +119,21 @@ def test_two_tower_convs_are_grouped(models):
 def test_unknown_arch_is_rejected():
     with pytest.raises(ValueError, match="arch"):
         build_model(10, "vgg")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_model_built_from_weights_takes_them_and_draws_nothing(models, arch):
+    """Evaluating and resuming build the model from the checkpoint's tensors: the same network, trainable, and the
+    RNG untouched (a resumed run restores its own RNG state; a drawn model moves it)."""
+    weights = models[arch].state_dict()
+    before = torch.get_rng_state()
+    model = build_model(1000, arch, weights=weights)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert model.state_dict().keys() == weights.keys()
+    assert all(p.device.type == "cpu" and p.requires_grad for p in model.parameters())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    x = torch.randn(2, 3, 227, 227)
+    models[arch].eval(), model.eval()
+    assert torch.equal(model(x), models[arch](x))
+    build_model(8, arch)
+    assert not torch.equal(torch.get_rng_state(), before)  # the check above can fail
