@@ -48,7 +48,7 @@ def test_importing_cli_imports_nothing_heavy():
 
     heavy = ("torch", "nvidia.dali", "yaml", "fsspec", "s3fs", "distributed", "scipy", "webdataset")
     code = f"import sys, cli; print([m for m in {heavy!r} if m in sys.modules])"
-    done = subprocess.run([sys.executable, "-c", code], cwd=cli.__file__.rsplit("/", 1)[0], capture_output=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(cli.__file__), capture_output=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().split() == ["[]"]
 

@@ -108,7 +108,7 @@ def step_of(out) -> int:
 
 
 def assert_same_end(out, reference) -> None:
-    """The same final validation and the same weights as the unbroken run."""
+    """The same final validation, weights and momenta as the unbroken run."""
     (a,) = [r for r in read_metrics(str(reference)) if r["kind"] == "val"]
     b = [r for r in read_metrics(str(out)) if r["kind"] == "val"][-1]
     assert (b["step"], b["val_loss"], b["top1_err"], b["top5_err"]) == (
@@ -117,8 +117,20 @@ def assert_same_end(out, reference) -> None:
         a["top1_err"],
         a["top5_err"],
     )
+    assert_same_state(out, reference)
+
+
+def assert_same_state(out, reference) -> int:
+    """The same step, weights and momenta in the two runs' checkpoints; returns the step."""
     x, y = (load_checkpoint(os.path.join(d, "checkpoint.pt")) for d in (reference, out))
-    assert x["step"] == y["step"] and all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"])
+    assert x["step"] == y["step"]
+    assert x["model"] and all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"])
+    momenta = [
+        (a["momentum_buffer"], b["momentum_buffer"])
+        for a, b in zip(*(s["optimizer"]["state"].values() for s in (x, y)), strict=True)
+    ]
+    assert momenta and all(torch.equal(a, b) for a, b in momenta)
+    return x["step"]
 
 
 def wait_for_file(pattern: str, run: Train) -> str:
@@ -190,14 +202,7 @@ def test_two_gloo_processes_stop_at_one_step_when_one_rank_or_the_parent_is_sign
     # exact (continuing from a saved stop is the one-process test's last run)
     reference = tmp_path / "unbroken"  # launched from this process
     launch(TrainConfig(sample_shards, str(reference), procs=2, batch_size=8, log_every=1, lr=1e-4, max_steps=later))
-    x, y = (load_checkpoint(os.path.join(d, "checkpoint.pt")) for d in (reference, out))
-    assert x["step"] == y["step"] == later
-    assert x["model"] and all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"])
-    momenta = [
-        (a["momentum_buffer"], b["momentum_buffer"])
-        for a, b in zip(*(s["optimizer"]["state"].values() for s in (x, y)), strict=True)
-    ]
-    assert momenta and all(torch.equal(a, b) for a, b in momenta)
+    assert assert_same_state(out, reference) == later
 
 
 @pytest.mark.slow
